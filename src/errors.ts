@@ -1,0 +1,162 @@
+/**
+ * Every error evflow throws or records. Each class has a literal `name`, structured fields and an
+ * optional `cause`, in the spirit of Effect's `Data.TaggedError`. Record-level failures are not thrown
+ * past their stage: they become {@link ErrorRecord}s (see `records.ts`) and flow on to the sink.
+ */
+
+export interface EvflowErrorOptions {
+  cause?: unknown
+}
+
+/** Base class: `instanceof EvflowError` tells evflow's errors from everything else. */
+export abstract class EvflowError extends Error {
+  abstract override readonly name: string
+  /** Process exit code the CLI uses when this error ends a run (see docs/cli.md). */
+  readonly exitCode: number = 1
+
+  constructor(message: string, options: EvflowErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+  }
+}
+
+/** An option or config value is invalid. Thrown before any I/O. */
+export class PipelineConfigError extends EvflowError {
+  readonly name = 'PipelineConfigError' as const
+  override readonly exitCode = 2
+  constructor(
+    /** Dotted path of the offending field, e.g. `decode.size`. */
+    readonly field: string,
+    message: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${field}: ${message}`, options)
+  }
+}
+
+/** A model package's manifest is missing, malformed or inconsistent. */
+export class ModelManifestError extends EvflowError {
+  readonly name = 'ModelManifestError' as const
+  override readonly exitCode = 2
+  constructor(
+    readonly field: string,
+    message: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`manifest ${field}: ${message}`, options)
+  }
+}
+
+/** No input matched, or an input path does not exist. */
+export class InputNotFoundError extends EvflowError {
+  readonly name = 'InputNotFoundError' as const
+  override readonly exitCode = 2
+  constructor(
+    readonly input: string,
+    message = 'no Parquet file matches',
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${input}: ${message}`, options)
+  }
+}
+
+/** A Parquet shard (or one of its row groups) cannot be read. */
+export class ShardReadError extends EvflowError {
+  readonly name = 'ShardReadError' as const
+  override readonly exitCode = 3
+  constructor(
+    readonly file: string,
+    message: string,
+    readonly rowGroup?: number,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${file}${rowGroup === undefined ? '' : ` (row group ${rowGroup})`}: ${message}`, options)
+  }
+}
+
+/** Writing or committing an output shard failed. */
+export class ShardWriteError extends EvflowError {
+  readonly name = 'ShardWriteError' as const
+  override readonly exitCode = 1
+  constructor(
+    readonly file: string,
+    message: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${file}: ${message}`, options)
+  }
+}
+
+/** Another run holds the output folder's lock. */
+export class OutputLockedError extends EvflowError {
+  readonly name = 'OutputLockedError' as const
+  override readonly exitCode = 4
+  constructor(
+    readonly outDir: string,
+    readonly holder: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${outDir} is in use by another evflow run (${holder}); wait for it or remove the stale lock file`, options)
+  }
+}
+
+/** Why an image could not be decoded. Stable codes: they are written to the output's `error_code`. */
+export type ImageDecodeReason =
+  | 'missing'
+  | 'empty'
+  | 'too-many-bytes'
+  | 'too-many-pixels'
+  | 'unsupported-format'
+  | 'truncated'
+  | 'corrupt'
+
+/** One image could not be decoded. Recorded on the row, never thrown past `decodeImages`. */
+export class ImageDecodeError extends EvflowError {
+  readonly name = 'ImageDecodeError' as const
+  constructor(
+    readonly reason: ImageDecodeReason,
+    message: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${reason}: ${message}`, options)
+  }
+}
+
+/** A tensor does not have the shape an operator or graph expects. */
+export class ShapeMismatchError extends EvflowError {
+  readonly name = 'ShapeMismatchError' as const
+  constructor(
+    readonly tensor: string,
+    readonly expected: readonly (number | string)[],
+    readonly actual: readonly number[],
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${tensor}: expected shape [${expected.join(', ')}], got [${actual.join(', ')}]`, options)
+  }
+}
+
+/** An ONNX Runtime session failed to run. */
+export class InferenceError extends EvflowError {
+  readonly name = 'InferenceError' as const
+  constructor(
+    readonly graph: string,
+    message: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${graph}: ${message}`, options)
+  }
+}
+
+/** The run was interrupted (Ctrl-C / SIGTERM); shards in progress were not committed. */
+export class RunInterruptedError extends EvflowError {
+  readonly name = 'RunInterruptedError' as const
+  override readonly exitCode = 130
+  constructor(readonly signal: string) {
+    super(`interrupted by ${signal}; shards in progress were not committed (rerun to resume)`)
+  }
+}
+
+/** A short one-line description of any thrown value (for error columns and CLI messages). */
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return error.message
+  return String(error)
+}

@@ -1,0 +1,166 @@
+/**
+ * The records that flow through evflow pipelines. Every record keeps `key = {shard, rowGroup, row}` and a
+ * reference to its shard's {@link ShardInfo}; operators add fields or map to a new record type that keeps
+ * both. Records that fail become {@link ErrorRecord}s and flow around later stages to the sink, so that
+ * every input row yields exactly one output row.
+ */
+import type { SchemaElement } from 'hyparquet'
+
+/** Where a row came from. `row` is the absolute, zero-based row index within the input file. */
+export interface RowKey {
+  /** The shard's output name (unique within a run). */
+  readonly shard: string
+  /** Row group index within the input file. */
+  readonly rowGroup: number
+  /** Absolute row index within the input file. */
+  readonly row: number
+}
+
+/** A column of the input copied to the output unchanged. */
+export interface KeptColumn {
+  readonly name: string
+  /** The input's schema element for a primitive column; absent for nested columns (written as JSON). */
+  readonly element?: SchemaElement
+}
+
+/** One input shard (a file, or a row range of one), as seen by every record read from it. */
+export interface ShardInfo {
+  /** Absolute path of the input file. */
+  readonly path: string
+  /** Output name, sanitised and unique within the run: the output is `<outDir>/<name>.parquet`. */
+  readonly name: string
+  /** Position in the run's list of shards. */
+  readonly index: number
+  /** Selected rows: absolute `[rowStart, rowEnd)` within the file. */
+  readonly rowStart: number
+  readonly rowEnd: number
+  /** `rowEnd - rowStart`: the number of output rows this shard must yield. */
+  readonly rows: number
+  /** Row groups overlapping the selection. */
+  readonly rowGroups: number
+  /** File size in bytes. */
+  readonly fileBytes: number
+  /** sha256 over the file size, the footer and the selected range: identifies the input content. */
+  readonly fingerprint: string
+  /** Image column used, if any. */
+  readonly imageColumn?: string
+  /** Id column used, if any. */
+  readonly idColumn?: string
+  /** Columns copied to the output. */
+  readonly kept: readonly KeptColumn[]
+}
+
+interface RecordBase {
+  readonly key: RowKey
+  readonly source: ShardInfo
+  /** Values of the kept columns, by name. */
+  readonly kept: Readonly<Record<string, unknown>>
+}
+
+/** A row read from a shard. `image` is null when the cell is null or the column is missing. */
+export interface ImageRow extends RecordBase {
+  readonly kind: 'image-row'
+  readonly id: unknown
+  readonly image: Uint8Array | null
+  /** The `path` field of a Hugging Face `datasets` image struct, when present. */
+  readonly imagePath: string | null
+}
+
+/** Facts about the encoded image, measured while decoding. */
+export interface ImageInfo {
+  readonly width: number
+  readonly height: number
+  /** sharp's format name: jpeg, png, webp, gif, tiff, avif, heif, svg, ... */
+  readonly format: string
+  /** Channels of the source (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA or CMYK). */
+  readonly channels: number
+  /** Bits per sample of the source (8 or 16). */
+  readonly bitDepth: number
+  /** Encoded size in bytes. */
+  readonly bytes: number
+  /** Hex sha256 of the encoded bytes. */
+  readonly sha256: string
+}
+
+/** A decoded, resized and normalised image. */
+export interface DecodedImage extends RecordBase {
+  readonly kind: 'decoded-image'
+  readonly id: unknown
+  readonly info: ImageInfo
+  /** `pixel_values [3, H, W]`, float32, normalised with the mean/std of the options. */
+  readonly pixel_values: Float32Array
+  readonly height: number
+  readonly width: number
+}
+
+/** Stable, documented reasons for error rows (the output's `error_code`). */
+export type ErrorCode =
+  | 'missing'
+  | 'empty'
+  | 'too-many-bytes'
+  | 'too-many-pixels'
+  | 'unsupported-format'
+  | 'truncated'
+  | 'corrupt'
+  | 'shard-read'
+  | 'stage-failed'
+
+/** A row that failed. It passes around later stages and reaches the sink as an `error` row. */
+export interface ErrorRecord extends RecordBase {
+  readonly kind: 'error'
+  readonly id: unknown
+  readonly code: ErrorCode
+  /** The operator that failed the row, e.g. `decodeImages`. */
+  readonly stage: string
+  readonly message: string
+}
+
+/**
+ * A shard-level notice, emitted by `readShards` only for shards that yield no rows: an empty selection
+ * (`error` absent: the sink commits an empty output shard) or an unreadable file (`error` set: nothing is
+ * committed and the run reports the shard as failed).
+ */
+export interface ShardNotice {
+  readonly kind: 'shard-notice'
+  readonly source: ShardInfo
+  readonly error?: { readonly name: string; readonly message: string }
+}
+
+/** Anything with a row key. */
+export type KeyedRecord = RecordBase & { readonly kind: string; readonly id?: unknown }
+
+/** Builds the error record for `record`, keeping its key, source, id and kept columns. */
+export function toErrorRecord(
+  record: KeyedRecord,
+  stage: string,
+  code: ErrorCode,
+  message: string,
+): ErrorRecord {
+  return {
+    kind: 'error',
+    key: record.key,
+    source: record.source,
+    kept: record.kept,
+    id: record.id,
+    code,
+    stage,
+    message,
+  }
+}
+
+export function isErrorRecord(value: { kind: string }): value is ErrorRecord {
+  return value.kind === 'error'
+}
+
+export function isShardNotice(value: { kind: string }): value is ShardNotice {
+  return value.kind === 'shard-notice'
+}
+
+/** Approximate bytes a record holds (for the in-flight byte bound). */
+export function recordBytes(record: { kind: string }): number {
+  const r = record as Partial<ImageRow & DecodedImage>
+  let bytes = 256
+  if (r.image) bytes += r.image.byteLength
+  if (r.pixel_values) bytes += r.pixel_values.byteLength
+  return bytes
+}
