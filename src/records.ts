@@ -158,7 +158,7 @@ export function isShardNotice(value: { kind: string }): value is ShardNotice {
 
 /** Approximate bytes a record holds (for the in-flight byte bound). */
 export function recordBytes(record: { kind: string }): number {
-  const r = record as Partial<ImageRow & DecodedImage>
+  const r = record as { image?: Uint8Array | null; pixel_values?: Float32Array }
   let bytes = 256
   if (r.image) bytes += r.image.byteLength
   if (r.pixel_values) bytes += r.pixel_values.byteLength

@@ -1,0 +1,109 @@
+import { availableParallelism } from 'node:os'
+import type { OperatorFunction } from 'rxjs'
+
+import { ImageDecodeError, PipelineConfigError, describeError } from '../src/errors.js'
+import type { RunMetrics } from '../src/engine/metrics.js'
+import {
+  DEFAULT_IMAGE_DECODE,
+  decodeImage,
+  validateImageDecodeOptions,
+  type ImageDecodeOptions,
+  type ResizeMode,
+} from '../src/image/decode.js'
+import { toErrorRecord, type DecodedImage, type ErrorRecord, type ImageRow } from '../src/records.js'
+import { mapRecords, validateConcurrency } from './internal/map-records.js'
+
+export interface DecodeImagesOptions {
+  /** Output size: one number for a square, or `[width, height]`. Default 64. */
+  size?: number | readonly [number, number]
+  /** `cover` | `contain` | `pad` | `fill` (see `ResizeMode`). Default `fill`. */
+  resize?: ResizeMode
+  /** RGB 0-255 for flattening alpha and padding. Default white. */
+  background?: readonly [number, number, number]
+  /** Per-channel mean. Default `[0.5, 0.5, 0.5]`. */
+  mean?: readonly [number, number, number]
+  /** Per-channel std. Default `[0.5, 0.5, 0.5]`. */
+  std?: readonly [number, number, number]
+  /** Largest source `width × height`. Default 64,000,000. */
+  maxPixels?: number
+  /** Largest encoded size in bytes. Default 64 MiB. */
+  maxBytes?: number
+  /** Compute each image's sha256 (in `info.sha256`). Default false. */
+  hash?: boolean
+  /** Images decoded at once (sharp works on libuv threads). Default: the number of cores. */
+  concurrency?: number
+  /** Emit in input order. Default false (`writeShards` reorders anyway). */
+  ordered?: boolean
+  /** Run metrics; counted under `decodeImages`. */
+  metrics?: RunMetrics
+}
+
+/** Resolves and validates decode options (throws `PipelineConfigError` naming the field). */
+export function resolveDecodeOptions(options: DecodeImagesOptions = {}): ImageDecodeOptions {
+  const size = options.size ?? 64
+  const [width, height] = typeof size === 'number' ? [size, size] : size
+  if (!Array.isArray(size) && typeof size !== 'number') throw new PipelineConfigError('size', 'must be a number or [width, height]')
+  const resolved: ImageDecodeOptions = {
+    width,
+    height,
+    resize: options.resize ?? DEFAULT_IMAGE_DECODE.resize,
+    background: options.background ?? DEFAULT_IMAGE_DECODE.background,
+    mean: options.mean ?? DEFAULT_IMAGE_DECODE.mean,
+    std: options.std ?? DEFAULT_IMAGE_DECODE.std,
+    maxPixels: options.maxPixels ?? DEFAULT_IMAGE_DECODE.maxPixels,
+    maxBytes: options.maxBytes ?? DEFAULT_IMAGE_DECODE.maxBytes,
+    hash: options.hash ?? false,
+  }
+  validateImageDecodeOptions(resolved)
+  return resolved
+}
+
+/**
+ * Decodes image bytes into normalised `pixel_values [3, H, W]` float32 tensors.
+ *
+ * Use after `readShards` (or on any `ImageRow`s). Decoding runs in sharp on libuv threads, `concurrency`
+ * images at a time; EXIF orientation is applied, animations give their first frame, greyscale / CMYK /
+ * 16-bit / alpha become 8-bit sRGB.
+ *
+ * In → out: 1 → 1. `ImageRow` → `DecodedImage`, or → `ErrorRecord` (code `missing`, `empty`,
+ * `too-many-bytes`, `too-many-pixels`, `unsupported-format`, `truncated` or `corrupt`) when the image
+ * cannot be decoded; every other record passes through unchanged. The run goes on.
+ * Errors: invalid options throw `PipelineConfigError` at once.
+ *
+ * @example
+ * readShards('shards/').pipe(decodeImages({ size: 224, resize: 'cover', mean: [0.48, 0.46, 0.41], std: [0.27, 0.26, 0.28] }))
+ */
+export function decodeImages<T extends { kind: string }>(
+  options: DecodeImagesOptions = {},
+): OperatorFunction<T, Exclude<T, ImageRow> | DecodedImage | ErrorRecord> {
+  const decode = resolveDecodeOptions(options)
+  const concurrency = options.concurrency ?? availableParallelism()
+  validateConcurrency(concurrency)
+  const metrics = options.metrics?.stage('decodeImages')
+  return mapRecords(
+    (record: T): record is T & ImageRow => record.kind === 'image-row',
+    async (row: ImageRow): Promise<DecodedImage | ErrorRecord> => {
+      try {
+        const decoded = await decodeImage(row.image, decode)
+        return {
+          kind: 'decoded-image',
+          key: row.key,
+          source: row.source,
+          kept: row.kept,
+          id: row.id,
+          info: decoded.info,
+          pixel_values: decoded.pixels,
+          width: decoded.width,
+          height: decoded.height,
+        }
+      } catch (error) {
+        if (error instanceof ImageDecodeError) {
+          const detail = error.reason === 'missing' && row.imagePath ? `${error.message} (path: ${row.imagePath})` : error.message
+          return toErrorRecord(row, 'decodeImages', error.reason, detail)
+        }
+        return toErrorRecord(row, 'decodeImages', 'stage-failed', describeError(error))
+      }
+    },
+    { concurrency, ordered: options.ordered ?? false, stage: 'decodeImages', ...(metrics ? { metrics } : {}) },
+  ) as OperatorFunction<T, Exclude<T, ImageRow> | DecodedImage | ErrorRecord>
+}

@@ -1,0 +1,244 @@
+#!/usr/bin/env node
+/**
+ * The `evflow` command line. One command per registered pipeline (`evflow scan ...`), plus `inspect`.
+ * Flags override `--config file.json`, which overrides the pipeline's defaults; the resolved config is
+ * frozen, printed at start and stored in the output. Exit codes: see docs/cli.md.
+ */
+import { readFileSync, realpathSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Command, InvalidArgumentError, Option } from 'commander'
+
+import { pipelines } from '../../pipelines/index.js'
+import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
+import type { PipelineDefinition } from '../engine/pipeline.js'
+import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../errors.js'
+import { describeShardFile, formatDescription } from './inspect.js'
+import { formatSummary, jsonProgress, terminalProgress } from './progress.js'
+
+export const EXIT = {
+  ok: 0,
+  unexpected: 1,
+  usage: 2,
+  shardsFailed: 3,
+  locked: 4,
+  interrupted: 130,
+} as const
+
+function parseIntArg(text: string): number {
+  const n = Number(text)
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer')
+  return n
+}
+
+function parseRange(text: string): [number, number] {
+  const m = /^(\d+):(\d+)$/.exec(text)
+  if (!m) throw new InvalidArgumentError('expected START:END (END exclusive), e.g. 0:1000')
+  return [Number(m[1]), Number(m[2])]
+}
+
+function parseList(text: string, previous: string[] = []): string[] {
+  return [...previous, ...text.split(',').map((s) => s.trim()).filter(Boolean)]
+}
+
+const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite'] as const
+
+/** Merges defaults < config file < flags into one frozen config; throws `PipelineConfigError` naming the field. */
+export function resolveConfig(
+  definition: PipelineDefinition,
+  fileConfig: Record<string, unknown>,
+  flagConfig: Record<string, unknown>,
+): { config: object; run: Partial<RunOptions> } {
+  const merged: Record<string, unknown> = { ...definition.defaults }
+  const run: Record<string, unknown> = {}
+  for (const source of [fileConfig, flagConfig]) {
+    for (const [key, value] of Object.entries(source)) {
+      if (value === undefined) continue
+      if ((RUN_KEYS as readonly string[]).includes(key)) run[key] = value
+      else merged[key] = value
+    }
+  }
+  const parsed = definition.schema.safeParse(merged)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    const field = issue.path.length > 0 ? issue.path.join('.') : ((issue as { keys?: string[] }).keys?.join(', ') ?? 'config')
+    throw new PipelineConfigError(field, issue.message)
+  }
+  return { config: Object.freeze(parsed.data as object), run: run as Partial<RunOptions> }
+}
+
+function readConfigFile(path: string | undefined): Record<string, unknown> {
+  if (path === undefined) return {}
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (cause) {
+    throw new PipelineConfigError('--config', `cannot read ${path}: ${describeError(cause)}`)
+  }
+  try {
+    const value = JSON.parse(text) as unknown
+    if (!value || typeof value !== 'object' || Array.isArray(value)) throw new Error('not a JSON object')
+    return value as Record<string, unknown>
+  } catch (cause) {
+    throw new PipelineConfigError('--config', `${path} is not a JSON object: ${describeError(cause)}`)
+  }
+}
+
+interface CommonFlags {
+  out: string
+  config?: string
+  imageColumn?: string
+  idColumn?: string
+  keep?: string[]
+  rows?: [number, number]
+  rowGroups?: [number, number]
+  limit?: number
+  overwrite?: boolean
+  json?: boolean
+  maxInFlight?: number
+  verbose?: boolean
+}
+
+function addPipelineCommand(program: Command, definition: PipelineDefinition): void {
+  const command = program
+    .command(`${definition.name} <inputs...>`)
+    .description(definition.summary)
+    .requiredOption('-o, --out <dir>', 'output folder (one output shard per input shard)')
+    .option('--config <file>', 'JSON file of options (flags override it)')
+    .option('--image-column <name>', 'column holding image bytes (default: auto-detected)')
+    .option('--id-column <name>', "column holding row ids, kept in the output (default: 'id' when present)")
+    .option('--keep <columns>', 'comma-separated input columns to copy to the output', parseList)
+    .option('--rows <start:end>', 'only these rows of each file (to split a big shard)', parseRange)
+    .option('--row-groups <start:end>', 'only these row groups of each file', parseRange)
+    .option('--limit <n>', 'stop after this many rows in total', parseIntArg)
+    .option('--overwrite', 'redo shards that are already committed')
+    .option('--json', 'JSON lines on stdout instead of a progress bar')
+    .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', parseIntArg)
+    .option('--verbose', 'print stacks on errors')
+  for (const flag of definition.flags) {
+    const option = new Option(flag.flags, flag.description)
+    if (flag.parse) {
+      const parse = flag.parse
+      option.argParser((text: string) => parse(text))
+    }
+    command.addOption(option)
+  }
+  command.addHelpText(
+    'after',
+    `\nExamples:\n  evflow ${definition.name} fixtures/shards -o out/${definition.name}\n  evflow ${definition.name} 'data/**/*.parquet' -o out/ --keep url,caption --json\n\nExit codes: 0 ok (row errors are data), 2 bad usage or config, 3 some shards unreadable,\n4 output folder in use, 130 interrupted (rerun to resume), 1 anything else.`,
+  )
+  command.action(async (inputs: string[], flags: CommonFlags & Record<string, unknown>) => {
+    const flagConfig: Record<string, unknown> = {
+      imageColumn: flags.imageColumn,
+      idColumn: flags.idColumn,
+      keep: flags.keep,
+      rows: flags.rows,
+      rowGroups: flags.rowGroups,
+      limit: flags.limit,
+      overwrite: flags.overwrite,
+      maxRecordsInFlight: flags.maxInFlight,
+    }
+    for (const flag of definition.flags) {
+      const attribute = new Option(flag.flags).attributeName()
+      flagConfig[flag.key] = flags[attribute]
+    }
+    const { config, run } = resolveConfig(definition, readConfigFile(flags.config), flagConfig)
+    const controller = new AbortController()
+    let signals = 0
+    const onSignal = (signal: NodeJS.Signals) => {
+      signals += 1
+      if (signals > 1) process.exit(EXIT.interrupted)
+      process.stderr.write(`\n${definition.name}: ${signal}: stopping; shards in progress are not committed\n`)
+      controller.abort(new RunInterruptedError(signal))
+    }
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+    // --json: JSON lines on stdout and nothing else; a terminal: a bar on stderr; otherwise (logs, CI):
+    // JSON lines on stderr, so stdout keeps only the summary.
+    const progress = flags.json
+      ? jsonProgress((line) => process.stdout.write(line))
+      : process.stderr.isTTY
+        ? terminalProgress(definition.name)
+        : jsonProgress((line) => process.stderr.write(line))
+    if (!flags.json && process.stderr.isTTY) {
+      process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
+    }
+    const summary = await runPipeline(definition, config, {
+      ...run,
+      inputs,
+      outDir: flags.out,
+      progress,
+      progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
+      signal: controller.signal,
+    } as RunOptions)
+    if (!flags.json) process.stdout.write(formatSummary(summary))
+    process.exitCode = summary.shards.failed > 0 ? EXIT.shardsFailed : EXIT.ok
+  })
+}
+
+export function buildProgram(): Command {
+  const program = new Command()
+  program
+    .name('evflow')
+    .description('Run efficient vision-language models over Parquet datasets; write results back as Parquet.')
+    .version(EVFLOW_VERSION)
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+  for (const definition of Object.values(pipelines)) addPipelineCommand(program, definition)
+  program
+    .command('inspect <shard>')
+    .description('show a Parquet shard: schema, row groups, row counts, image column')
+    .option('--json', 'print JSON')
+    .action(async (shard: string, flags: { json?: boolean }) => {
+      const description = await describeShardFile(shard)
+      process.stdout.write(flags.json ? `${JSON.stringify(description, null, 2)}\n` : formatDescription(description))
+    })
+  return program
+}
+
+export async function main(argv: readonly string[] = process.argv): Promise<number> {
+  // hyparquet may leave a rejection of a malformed file unobserved; it must not kill the run.
+  process.on('unhandledRejection', (reason) => {
+    if (argv.includes('--verbose')) process.stderr.write(`evflow: ignored unhandled rejection: ${describeError(reason)}\n`)
+  })
+  const program = buildProgram()
+  try {
+    await program.parseAsync(argv as string[])
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok
+  } catch (error) {
+    const e = error as { code?: string; exitCode?: number }
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
+      // commander already printed help, the version or the usage error.
+      return e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help' ? EXIT.ok : EXIT.usage
+    }
+    const verbose = argv.includes('--verbose')
+    if (error instanceof EvflowError) {
+      process.stderr.write(`evflow: ${error.name}: ${error.message}\n`)
+      if (verbose && error.stack) process.stderr.write(`${error.stack}\n`)
+      return error.exitCode
+    }
+    process.stderr.write(`evflow: unexpected error: ${describeError(error)}\n`)
+    if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`)
+    else process.stderr.write('(run with --verbose for the stack)\n')
+    return EXIT.unexpected
+  }
+}
+
+function isEntry(): boolean {
+  try {
+    return process.argv[1] !== undefined && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)
+  } catch {
+    return false
+  }
+}
+
+if (isEntry()) {
+  main().then(
+    (code) => {
+      process.exitCode = code
+    },
+    (error: unknown) => {
+      process.stderr.write(`evflow: ${describeError(error)}\n`)
+      process.exitCode = EXIT.unexpected
+    },
+  )
+}
