@@ -21,6 +21,11 @@ export const EVFLOW_VERSION = '0.1.0'
 
 export interface RunOptions extends ShardSelection, Omit<ShardColumns, 'requireImage'> {
   inputs: readonly string[]
+  /**
+   * Shards already planned (by `planShards`, possibly renamed): used instead of planning `inputs`.
+   * This is how a distributed worker runs exactly the shard its job names.
+   */
+  plan?: readonly PlannedShard[]
   outDir: string
   /** Redo shards that are already committed. Default false. */
   overwrite?: boolean
@@ -107,7 +112,7 @@ export async function runPipeline<C extends object>(
     ...(options.rowGroups === undefined ? {} : { rowGroups: options.rowGroups }),
     ...(options.limit === undefined ? {} : { limit: options.limit }),
   }
-  const planned = await planShards(options.inputs, readOptions)
+  const planned = options.plan ?? (await planShards(options.inputs, readOptions))
 
   ensureLayout(layout)
   const lock = options.lock === false ? undefined : acquireFolderLock(layout.lock, options.outDir)
