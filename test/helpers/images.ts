@@ -48,7 +48,7 @@ export async function pngWithAlpha(width: number, height: number, seed: number):
 }
 
 export async function greyPng(width: number, height: number, seed: number): Promise<Buffer> {
-  return sharp(pixels(width, height, seed), { raw: { width, height, channels: 3 } }).greyscale().png().toBuffer()
+  return sharp(pixels(width, height, seed), { raw: { width, height, channels: 3 } }).toColourspace('b-w').png().toBuffer()
 }
 
 export async function png16(width: number, height: number, seed: number): Promise<Buffer> {

@@ -1,0 +1,165 @@
+import sharp from 'sharp'
+import { EMPTY, Subject, from, of, throwError } from 'rxjs'
+import { describe, expect, it } from 'vitest'
+
+import { decodeImages } from '../../operators/decode-images.js'
+import { PipelineConfigError } from '../../src/errors.js'
+import type { DecodedImage, ErrorRecord } from '../../src/records.js'
+import * as img from '../helpers/images.js'
+import { imageRow } from '../helpers/records.js'
+import { collect } from '../helpers/util.js'
+
+type Out = DecodedImage | ErrorRecord
+
+async function solid(width: number, height: number, rgb: [number, number, number]): Promise<Buffer> {
+  return sharp({ create: { width, height, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } }).png().toBuffer()
+}
+
+async function decodeOne(bytes: Uint8Array | null, options = {}): Promise<Out> {
+  const [out] = (await collect(of(imageRow(0, bytes)).pipe(decodeImages(options)))) as Out[]
+  return out
+}
+
+describe('decodeImages', () => {
+  it('emits nothing for an empty source', async () => {
+    expect(await collect(EMPTY.pipe(decodeImages()))).toEqual([])
+  })
+
+  it('decodes one image into normalised float32 CHW pixel_values', async () => {
+    const out = await decodeOne(await solid(40, 30, [255, 0, 51]), { size: 8 })
+    expect(out.kind).toBe('decoded-image')
+    const d = out as DecodedImage
+    expect(d.pixel_values).toBeInstanceOf(Float32Array)
+    expect(d.pixel_values.length).toBe(3 * 8 * 8)
+    // (v/255 - 0.5) / 0.5: 255 → 1, 0 → -1, 51 → -0.6
+    expect(d.pixel_values[0]).toBeCloseTo(1, 5)
+    expect(d.pixel_values[64]).toBeCloseTo(-1, 5)
+    expect(d.pixel_values[128]).toBeCloseTo(-0.6, 5)
+    expect(d.info).toMatchObject({ width: 40, height: 30, format: 'png', channels: 3, bitDepth: 8 })
+    expect(d.key).toEqual({ shard: 'shard', rowGroup: 0, row: 0 })
+    expect(d.id).toBe('id-0')
+  })
+
+  it('decodes many images, one output per input, keeping keys', async () => {
+    const rows = await Promise.all(Array.from({ length: 12 }, async (_, i) => imageRow(i, await img.jpeg(64, 48, i))))
+    const out = (await collect(from(rows).pipe(decodeImages({ size: 16, concurrency: 3 })))) as Out[]
+    expect(out).toHaveLength(12)
+    expect(out.every((r) => r.kind === 'decoded-image')).toBe(true)
+    expect(out.map((r) => r.key.row).sort((a, b) => a - b)).toEqual([...Array(12).keys()])
+  })
+
+  it('keeps input order when ordered is true', async () => {
+    const rows = await Promise.all(
+      Array.from({ length: 10 }, async (_, i) => imageRow(i, i % 2 === 0 ? await img.jpeg(400, 400, i) : await img.png(8, 8, i))),
+    )
+    const out = (await collect(from(rows).pipe(decodeImages({ size: 8, concurrency: 4, ordered: true })))) as Out[]
+    expect(out.map((r) => r.key.row)).toEqual([...Array(10).keys()])
+  })
+
+  it('applies mean and std', async () => {
+    const out = (await decodeOne(await solid(8, 8, [255, 255, 255]), { size: 4, mean: [0.25, 0.5, 0.75], std: [0.5, 0.25, 0.125] })) as DecodedImage
+    expect(out.pixel_values[0]).toBeCloseTo(1.5, 5)
+    expect(out.pixel_values[16]).toBeCloseTo(2, 5)
+    expect(out.pixel_values[32]).toBeCloseTo(2, 5)
+  })
+
+  it('flattens alpha onto the background, converts grey, 16-bit and CMYK to 8-bit sRGB', async () => {
+    const transparent = await sharp({ create: { width: 8, height: 8, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } }).png().toBuffer()
+    const flat = (await decodeOne(transparent, { size: 4, background: [255, 0, 0] })) as DecodedImage
+    expect(flat.pixel_values[0]).toBeCloseTo(1, 5) // red channel = background red
+    expect(flat.pixel_values[16]).toBeCloseTo(-1, 5)
+    for (const bytes of [await img.greyPng(32, 32, 1), await img.png16(32, 32, 2), await img.cmykJpeg(32, 32, 3), await img.webp(32, 32, 4)]) {
+      const out = await decodeOne(bytes, { size: 8 })
+      expect(out.kind).toBe('decoded-image')
+    }
+    expect(((await decodeOne(await img.png16(32, 32, 2))) as DecodedImage).info.bitDepth).toBe(16)
+    expect(((await decodeOne(await img.cmykJpeg(32, 32, 3))) as DecodedImage).info.channels).toBe(4)
+    expect(((await decodeOne(await img.greyPng(32, 32, 1))) as DecodedImage).info.channels).toBe(1)
+  })
+
+  it('applies the EXIF orientation (reported size is the displayed one)', async () => {
+    const out = (await decodeOne(await img.rotatedJpeg(120, 60, 7))) as DecodedImage
+    expect(out.info).toMatchObject({ width: 60, height: 120 })
+  })
+
+  it('takes the first frame of an animated image', async () => {
+    const out = (await decodeOne(await img.animatedGif(16, 16, 8), { size: 16 })) as DecodedImage
+    expect(out.kind).toBe('decoded-image')
+    expect(out.info).toMatchObject({ width: 16, height: 16, format: 'gif' })
+  })
+
+  it('resizes with cover, contain, pad and fill', async () => {
+    // A 20x10 white image: contain letterboxes with the background, pad fills the bottom, cover and fill are all white.
+    const white = await solid(20, 10, [255, 255, 255])
+    const options = { size: 10, background: [0, 0, 0] as [number, number, number] }
+    const at = (d: DecodedImage, x: number, y: number) => d.pixel_values[y * 10 + x]
+    const contain = (await decodeOne(white, { ...options, resize: 'contain' })) as DecodedImage
+    expect(at(contain, 5, 0)).toBeCloseTo(-1, 1)
+    expect(at(contain, 5, 5)).toBeCloseTo(1, 1)
+    expect(at(contain, 5, 9)).toBeCloseTo(-1, 1)
+    const pad = (await decodeOne(white, { ...options, resize: 'pad' })) as DecodedImage
+    expect(at(pad, 5, 0)).toBeCloseTo(1, 1)
+    expect(at(pad, 5, 9)).toBeCloseTo(-1, 1)
+    for (const resize of ['cover', 'fill'] as const) {
+      const d = (await decodeOne(white, { ...options, resize })) as DecodedImage
+      expect(Math.min(...d.pixel_values)).toBeCloseTo(1, 1)
+    }
+  })
+
+  it('turns undecodable rows into error records with a reason, and goes on', async () => {
+    const cases: [Uint8Array | null, string][] = [
+      [null, 'missing'],
+      [new Uint8Array(0), 'empty'],
+      [img.garbage(200, 1), 'unsupported-format'],
+      [await img.truncatedJpeg(128, 128, 2), 'truncated'],
+    ]
+    const rows = [...cases.map(([bytes], i) => imageRow(i, bytes)), imageRow(cases.length, await img.png(8, 8, 3))]
+    const out = (await collect(from(rows).pipe(decodeImages({ ordered: true })))) as Out[]
+    expect(out).toHaveLength(rows.length)
+    cases.forEach(([, code], i) => {
+      expect(out[i]).toMatchObject({ kind: 'error', code, stage: 'decodeImages', id: `id-${i}` })
+      expect((out[i] as ErrorRecord).message.length).toBeGreaterThan(code.length)
+    })
+    expect(out[cases.length].kind).toBe('decoded-image')
+  })
+
+  it('enforces the pixel and byte limits', async () => {
+    const big = await img.png(300, 300, 1)
+    expect(await decodeOne(big, { maxPixels: 10_000 })).toMatchObject({ kind: 'error', code: 'too-many-pixels' })
+    expect(await decodeOne(big, { maxBytes: 100 })).toMatchObject({ kind: 'error', code: 'too-many-bytes' })
+  })
+
+  it('turns an unexpected throw of the stage into a stage-failed error row', async () => {
+    const bad = { ...imageRow(0, null), image: {} as Uint8Array }
+    const [out] = (await collect(of(bad).pipe(decodeImages()))) as Out[]
+    expect(out).toMatchObject({ kind: 'error', code: 'stage-failed', stage: 'decodeImages' })
+  })
+
+  it('passes error records and other kinds through untouched', async () => {
+    const error: ErrorRecord = { ...imageRow(0, null), kind: 'error', code: 'shard-read', stage: 'readShards', message: 'x' }
+    const out = await collect(of(error).pipe(decodeImages()))
+    expect(out).toEqual([error])
+  })
+
+  it('forwards an upstream error', async () => {
+    await expect(collect(throwError(() => new Error('upstream')).pipe(decodeImages()))).rejects.toThrow('upstream')
+  })
+
+  it('rejects invalid options at once', () => {
+    expect(() => decodeImages({ size: 0 })).toThrow(PipelineConfigError)
+    expect(() => decodeImages({ resize: 'squash' as never })).toThrow(/resize/)
+    expect(() => decodeImages({ std: [1, 0, 1] })).toThrow(/std/)
+    expect(() => decodeImages({ concurrency: 0 })).toThrow(/concurrency/)
+  })
+
+  it('stops on early unsubscribe: nothing is emitted after it', async () => {
+    const source = new Subject<ReturnType<typeof imageRow>>()
+    const seen: unknown[] = []
+    const subscription = source.pipe(decodeImages()).subscribe((r) => seen.push(r))
+    source.next(imageRow(0, await img.jpeg(512, 512, 1)))
+    subscription.unsubscribe()
+    expect(source.observed).toBe(false)
+    await new Promise((r) => setTimeout(r, 200))
+    expect(seen).toEqual([])
+  })
+})
