@@ -9,7 +9,7 @@ import { Subscription, tap } from 'rxjs'
 import { readShards } from '../operators/read-shards.js'
 import { writeShards, type ShardCommit } from '../operators/write-shards.js'
 import { RunInterruptedError } from '../src/errors.js'
-import { ensureLayout, isCommitted, outputLayout, writeFileAtomic } from '../src/parquet/commit.js'
+import { ensureLayout, isCommitted, outputLayout, removeStaleTemps, writeFileAtomic } from '../src/parquet/commit.js'
 import { planShards, type PlannedShard, type ShardColumns, type ShardSelection } from '../src/parquet/shards.js'
 import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
@@ -79,6 +79,8 @@ export interface RunSummary {
   readonly committed: readonly { shard: string; output: string; rowsIn: number; rowsOk: number; rowsError: number }[]
   readonly stages: readonly StageSnapshot[]
   readonly inFlightPeakRecords: number
+  /** Peak resident set size of the process so far, in MiB. */
+  readonly peakRssMiB: number
 }
 
 /** The config a run stores and hashes: the pipeline config plus what decides which rows are read. */
@@ -117,6 +119,7 @@ export async function runPipeline<C extends object>(
   ensureLayout(layout)
   const lock = options.lock === false ? undefined : acquireFolderLock(layout.lock, options.outDir)
   try {
+    await removeStaleTemps(layout, lock !== undefined)
     const pending: PlannedShard[] = []
     let skipped = 0
     for (const shard of planned) {
@@ -227,6 +230,7 @@ export async function runPipeline<C extends object>(
         committed: committed.map((c) => ({ shard: c.shard, output: c.output, rowsIn: c.rowsIn, rowsOk: c.rowsOk, rowsError: c.rowsError })),
         stages: metrics.snapshot(),
         inFlightPeakRecords: inFlight.peakRecords,
+        peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
       }
       await writeFileAtomic(layout, layout.summary, `${JSON.stringify(summary, null, 2)}\n`)
       return summary

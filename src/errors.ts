@@ -155,6 +155,20 @@ export class RunInterruptedError extends EvflowError {
   }
 }
 
+/** The job queue (Redis) is unreachable, refused a command, or holds something evflow cannot use. */
+export class QueueError extends EvflowError {
+  readonly name = 'QueueError' as const
+  override readonly exitCode = 5
+  constructor(
+    /** The queue's address with any password removed, e.g. `redis://host:6379 (queue evflow)`. */
+    readonly queue: string,
+    message: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${queue}: ${message}`, options)
+  }
+}
+
 /** A short one-line description of any thrown value (for error columns and CLI messages). */
 export function describeError(error: unknown): string {
   if (error instanceof Error) return error.message

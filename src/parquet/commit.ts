@@ -14,7 +14,8 @@
  */
 import { randomBytes } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 
 import type { ShardInfo } from '../records.js'
@@ -68,9 +69,43 @@ export interface CompletionRecord {
   readonly committedAt: string
 }
 
-/** A unique temporary path in the output's tmp folder. */
+const HOST = hostname().replace(/[^A-Za-z0-9-]/g, '_')
+
+/** A unique temporary path in the output's tmp folder: `<name>.<host>.<pid>.<random><ext>`. */
 export function tempPath(layout: OutputLayout, name: string, ext: string): string {
-  return join(layout.tmpDir, `${name}.${process.pid}-${randomBytes(4).toString('hex')}${ext}`)
+  return join(layout.tmpDir, `${name}.${HOST}.${process.pid}.${randomBytes(4).toString('hex')}${ext}`)
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/**
+ * Deletes temporary files left by killed runs: all of them when `all` (the caller holds the folder lock),
+ * otherwise those written by dead processes on this host (other hosts' files may be live).
+ */
+export async function removeStaleTemps(layout: OutputLayout, all: boolean): Promise<number> {
+  let removed = 0
+  let entries: string[]
+  try {
+    entries = await readdir(layout.tmpDir)
+  } catch {
+    return 0
+  }
+  for (const entry of entries) {
+    const match = /\.([A-Za-z0-9_-]+)\.(\d+)\.[0-9a-f]{8}\.[a-z]+$/.exec(entry)
+    const stale = all || (match !== null && match[1] === HOST && !processAlive(Number(match[2])))
+    if (stale) {
+      await rm(join(layout.tmpDir, entry), { force: true })
+      removed += 1
+    }
+  }
+  return removed
 }
 
 /** Writes `text` to `path` atomically (temp file, fsync, rename). */

@@ -1,0 +1,75 @@
+/**
+ * Robustness against apache/parquet-testing (read from ../shared, never copied into the repo): every file
+ * in data/ reads or fails with ShardReadError, every file in bad_data/ fails with ShardReadError; none
+ * crashes or hangs the process.
+ */
+import { existsSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+
+import { readShards, type ShardRecord } from '../../operators/read-shards.js'
+import { openParquet } from '../../src/parquet/file.js'
+import { summarizeColumns } from '../../src/parquet/schema.js'
+import type { ErrorRecord, ShardNotice } from '../../src/records.js'
+import { PARQUET_TESTING, collect } from '../helpers/util.js'
+
+const present = existsSync(join(PARQUET_TESTING, 'data'))
+if (!present) {
+  console.warn(`NOTICE: skipping apache/parquet-testing robustness tests: ${PARQUET_TESTING} not found (it is in the developers' ../shared checkout, not in a user's clone)`)
+}
+
+/** Reads every row and every column of a file through readShards. */
+async function readAll(file: string): Promise<ShardRecord[]> {
+  let keep: string[] = []
+  try {
+    const opened = await openParquet(file)
+    keep = summarizeColumns(opened.metadata).map((c) => c.name)
+    await opened.close()
+  } catch {
+    // unreadable footers are reported by readShards itself
+  }
+  return collect(readShards([file], { requireImage: false, keep }))
+}
+
+function failures(records: ShardRecord[]): string[] {
+  return records.flatMap((r) => {
+    if (r.kind === 'shard-notice') return (r as ShardNotice).error ? [(r as ShardNotice).error!.name] : []
+    if (r.kind === 'error') return [(r as ErrorRecord).code === 'shard-read' ? 'ShardReadError' : (r as ErrorRecord).code]
+    return []
+  })
+}
+
+/** bad_data files that current readers (DuckDB, Arrow after its fix) read correctly. */
+const READABLE_BAD_DATA = new Set(['ARROW-GH-43605.parquet'])
+
+describe.skipIf(!present)('apache/parquet-testing', () => {
+  const dataDir = join(PARQUET_TESTING, 'data')
+  const badDir = join(PARQUET_TESTING, 'bad_data')
+  const dataFiles = present ? readdirSync(dataDir).filter((f) => f.includes('.parquet')) : []
+  const badFiles = present ? readdirSync(badDir).filter((f) => f.endsWith('.parquet')) : []
+
+  it.each(dataFiles)('data/%s reads, or fails with ShardReadError', async (file) => {
+    const records = await readAll(join(dataDir, file))
+    expect(records.length).toBeGreaterThan(0)
+    for (const failure of failures(records)) expect(failure).toBe('ShardReadError')
+  })
+
+  it.each(badFiles)('bad_data/%s fails with ShardReadError and does not crash', async (file) => {
+    const records = await readAll(join(badDir, file))
+    const found = failures(records)
+    if (READABLE_BAD_DATA.has(file)) {
+      expect(found).toEqual([])
+      return
+    }
+    expect(found.length).toBeGreaterThan(0)
+    for (const failure of found) expect(failure).toBe('ShardReadError')
+  })
+
+  it('reads the common files with the right row counts', async () => {
+    const counts: Record<string, number> = { 'alltypes_plain.parquet': 8, 'binary.parquet': 12, 'nulls.snappy.parquet': 8, 'datapage_v2.snappy.parquet': 5 }
+    for (const [file, rows] of Object.entries(counts)) {
+      const records = await readAll(join(dataDir, file))
+      expect(records.filter((r) => r.kind === 'image-row')).toHaveLength(rows)
+    }
+  })
+})
