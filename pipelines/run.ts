@@ -95,8 +95,8 @@ export function runConfig(definition: PipelineDefinition, config: object, option
   return { stored, hash }
 }
 
-export async function runPipeline<C extends object>(
-  definition: PipelineDefinition<C, KeyedRecord>,
+export async function runPipeline<C extends object, R extends KeyedRecord>(
+  definition: PipelineDefinition<C, R>,
   config: C,
   options: RunOptions,
 ): Promise<RunSummary> {
@@ -169,13 +169,13 @@ export async function runPipeline<C extends object>(
       subscription = readShards(pending, { ...readOptions, inFlight, metrics })
         .pipe(
           definition.stages(config, { metrics }),
-          tap((record: KeyedRecord | ErrorRecord | ShardNotice) => {
+          tap((record: R | ErrorRecord | ShardNotice) => {
             if (record.kind === 'error') {
               const code = (record as ErrorRecord).code
               errorsByCode[code] = (errorsByCode[code] ?? 0) + 1
             }
           }),
-          writeShards(options.outDir, {
+          writeShards<R>(options.outDir, {
             columns: definition.columns(config),
             configHash: hash,
             config: stored,

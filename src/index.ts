@@ -1,0 +1,11 @@
+/** evflow's runtime: records, errors, the in-flight bound, metrics, Parquet and image helpers. */
+export * from './records.js'
+export * from './errors.js'
+export { InFlight, type InFlightOptions } from './engine/in-flight.js'
+export { RunMetrics, StageMetrics, type StageSnapshot } from './engine/metrics.js'
+export { configHash, stableJson, type PipelineDefinition, type PipelineFlag, type SourceRecord, type StageContext } from './engine/pipeline.js'
+export { planShards, type PlannedShard, type ShardColumns, type ShardSelection } from './parquet/shards.js'
+export { resolveInputs, outputNames, sanitizeName } from './parquet/inputs.js'
+export { isCommitted, outputLayout, readCompletion, type CompletionRecord, type OutputLayout } from './parquet/commit.js'
+export type { OutputType } from './parquet/output-schema.js'
+export { decodeImage, toNormalizedChw, DEFAULT_IMAGE_DECODE, type ImageDecodeOptions, type ResizeMode, type DecodedPixels } from './image/decode.js'
