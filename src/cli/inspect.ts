@@ -1,5 +1,5 @@
 /** `evflow inspect <shard>`: schema, row groups, row counts and which column holds images. */
-import { openParquet } from '../parquet/file.js'
+import { fileRows, openParquet } from '../parquet/file.js'
 import { chooseImageColumn, summarizeColumns, type ColumnSummary } from '../parquet/schema.js'
 
 export interface ShardDescription {
@@ -23,7 +23,7 @@ export async function describeShardFile(path: string): Promise<ShardDescription>
     return {
       file: path,
       bytes: file.byteLength,
-      rows: Number(metadata.num_rows),
+      rows: fileRows(metadata),
       createdBy: metadata.created_by ?? null,
       columns,
       imageColumn: 'column' in choice ? choice.column : null,

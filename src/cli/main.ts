@@ -12,6 +12,7 @@ import { pipelines } from '../../pipelines/index.js'
 import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
 import type { PipelineDefinition } from '../engine/pipeline.js'
 import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../errors.js'
+import { registerQueueCommands } from '../queue/cli.js'
 import { describeShardFile, formatDescription } from './inspect.js'
 import { formatSummary, jsonProgress, terminalProgress } from './progress.js'
 
@@ -192,6 +193,7 @@ export function buildProgram(): Command {
       const description = await describeShardFile(shard)
       process.stdout.write(flags.json ? `${JSON.stringify(description, null, 2)}\n` : formatDescription(description))
     })
+  registerQueueCommands(program, { resolveConfig })
   return program
 }
 

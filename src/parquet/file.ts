@@ -89,7 +89,10 @@ export async function openParquet(path: string): Promise<OpenParquet> {
   }
 }
 
-/** Rejects footers whose row counts cannot be trusted (they drive the one-row-out-per-row-in invariant). */
+/**
+ * Rejects footers whose row counts cannot be trusted (they drive the one-row-out-per-row-in invariant).
+ * The row groups' counts are authoritative: some writers leave the file-level `num_rows` at 0.
+ */
 function validateMetadata(path: string, metadata: FileMetaData): void {
   let total = 0n
   for (const [i, group] of metadata.row_groups.entries()) {
@@ -97,10 +100,12 @@ function validateMetadata(path: string, metadata: FileMetaData): void {
     if (rows < 0n) throw new ShardReadError(path, `row group ${i} has a negative row count`)
     total += rows
   }
-  if (total !== BigInt(metadata.num_rows)) {
-    throw new ShardReadError(path, `footer says ${metadata.num_rows} rows but its row groups hold ${total}`)
-  }
   if (total > BigInt(Number.MAX_SAFE_INTEGER)) throw new ShardReadError(path, 'row count too large')
+}
+
+/** Rows in the file: the sum of its row groups. */
+export function fileRows(metadata: FileMetaData): number {
+  return metadata.row_groups.reduce((n, g) => n + Number(g.num_rows), 0)
 }
 
 /** Row offsets of each row group: `[start, end)` absolute within the file. */

@@ -8,7 +8,7 @@ import { compressors } from 'hyparquet-compressors'
 
 import { PipelineConfigError, ShardReadError, describeError } from '../errors.js'
 import type { ShardInfo } from '../records.js'
-import { openParquet, rowGroupRanges, type OpenParquet } from './file.js'
+import { fileRows, openParquet, rowGroupRanges, type OpenParquet } from './file.js'
 import { outputNames, resolveInputs } from './inputs.js'
 import { chooseImageColumn, keptColumns, summarizeColumns } from './schema.js'
 
@@ -98,7 +98,7 @@ function describeShard(
 ): { info: ShardInfo; imageProblem?: string } {
   const { metadata } = file
   const groups = rowGroupRanges(metadata)
-  const total = Number(metadata.num_rows)
+  const total = fileRows(metadata)
   let rowStart = 0
   let rowEnd = total
   if (options.rowGroups) {

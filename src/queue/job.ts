@@ -31,8 +31,11 @@ export const shardJobSchema = z.strictObject({
   shard: z.string().min(1),
   /** Position of the shard in the run's list (as a single-process run numbers it). */
   index: z.number().int().nonnegative(),
-  /** Absolute rows `[start, end)` of the input file this job covers. */
-  rows: z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()]),
+  /** Absolute rows `[start, end)` of the input file this job covers; null: the whole file (it could not be
+   *  read at submit). */
+  rows: z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()]).nullable(),
+  /** Rows in the shard at submit (0 when unreadable then): for progress and ETA. */
+  rowCount: z.number().int().nonnegative(),
   /** Input fingerprint at submit (`''` when the file could not be read then). */
   fingerprint: z.string(),
   /** Hash of everything that decides the output (see `runConfig`). */
