@@ -98,7 +98,7 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
   try {
     meta = await sharp(input, { limitInputPixels: false, pages: 1 }).metadata()
   } catch (cause) {
-    throw classify(cause)
+    throw classify(cause, bytes)
   }
   const width = meta.autoOrient?.width ?? meta.width ?? 0
   const height = meta.autoOrient?.height ?? meta.height ?? 0
@@ -126,7 +126,7 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     }
     raw = await image.removeAlpha().raw({ depth: 'uchar' }).toBuffer()
   } catch (cause) {
-    throw classify(cause)
+    throw classify(cause, bytes, meta.format)
   }
   if (raw.byteLength !== outW * outH * 3) {
     throw new ImageDecodeError('corrupt', `decoder returned ${raw.byteLength} bytes for ${outW}x${outH}x3`)
@@ -178,13 +178,60 @@ function bitDepth(depth: string | undefined): number {
   }
 }
 
-/** Maps libvips / sharp messages to stable reasons. */
-export function classify(cause: unknown): ImageDecodeError {
-  const message = (cause instanceof Error ? cause.message : String(cause)).split('\n')[0].trim()
-  const lower = message.toLowerCase()
-  let reason: ImageDecodeReason = 'corrupt'
-  if (lower.includes('unsupported image format') || lower.includes('unsupported format')) reason = 'unsupported-format'
-  else if (lower.includes('pixel limit')) reason = 'too-many-pixels'
-  else if (/premature end|truncated|unexpected end|end of (file|stream)|not enough data|read error|short read/.test(lower)) reason = 'truncated'
-  return new ImageDecodeError(reason, message, { cause })
+/**
+ * Turns a decoder failure into a stable reason and a deterministic message.
+ *
+ * libvips keeps one process-wide error buffer: when several images fail at once, a failure's message can
+ * be lost ("Unknown error") or carry another image's message. Reasons and messages therefore come from the
+ * bytes themselves (magic numbers, end markers); the decoder's own text is kept only as `cause`.
+ */
+export function classify(cause: unknown, bytes: Uint8Array, format?: string): ImageDecodeError {
+  const text = (cause instanceof Error ? cause.message : String(cause)).toLowerCase()
+  const detected = format ?? sniffFormat(bytes)
+  if (detected === undefined && text.includes('unsupported image format')) {
+    const head = Buffer.from(bytes.subarray(0, 8)).toString('hex').replace(/(..)(?!$)/g, '$1 ')
+    return new ImageDecodeError('unsupported-format', `not a supported image format (${bytes.byteLength} bytes starting ${head})`, { cause })
+  }
+  if (text.includes('pixel limit')) return new ImageDecodeError('too-many-pixels', 'the image exceeds the pixel limit', { cause })
+  const name = detected ?? 'image'
+  if (detected !== undefined && isTruncated(bytes, detected)) {
+    return new ImageDecodeError('truncated', `${name} data ends before its end marker (${bytes.byteLength} bytes)`, { cause })
+  }
+  return new ImageDecodeError('corrupt', `cannot decode the ${name} data (${bytes.byteLength} bytes)`, { cause })
+}
+
+/** The format from magic numbers, for the formats whose truncation we can detect. */
+export function sniffFormat(bytes: Uint8Array): string | undefined {
+  const b = bytes
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg'
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return 'png'
+  if (b.length >= 6 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46) return 'gif'
+  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45) return 'webp'
+  return undefined
+}
+
+/** Whether encoded data stops before the format's end marker. */
+export function isTruncated(bytes: Uint8Array, format: string): boolean {
+  const tail = bytes.subarray(Math.max(0, bytes.length - 64))
+  const has = (...marker: number[]) => {
+    for (let i = tail.length - marker.length; i >= 0; i--) {
+      if (marker.every((m, j) => tail[i + j] === m)) return true
+    }
+    return false
+  }
+  switch (format) {
+    case 'jpeg':
+      return !has(0xff, 0xd9)
+    case 'png':
+      return !has(0x49, 0x45, 0x4e, 0x44) // IEND
+    case 'gif':
+      return bytes[bytes.length - 1] !== 0x3b
+    case 'webp': {
+      if (bytes.length < 8) return true
+      const size = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(4, true)
+      return bytes.length < size + 8
+    }
+    default:
+      return false
+  }
 }

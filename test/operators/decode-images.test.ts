@@ -123,6 +123,23 @@ describe('decodeImages', () => {
     expect(out[cases.length].kind).toBe('decoded-image')
   })
 
+  it('gives the same reason and message for a bad image whatever else fails at the same time', async () => {
+    // libvips has one process-wide error buffer: concurrent failures must not change each other's messages.
+    const truncated = await img.truncatedJpeg(128, 128, 9)
+    const rows = await Promise.all(
+      Array.from({ length: 48 }, async (_, i) => imageRow(i, i % 3 === 0 ? truncated : i % 3 === 1 ? img.garbage(64, 5) : await img.jpeg(200, 200, i))),
+    )
+    const out = (await collect(from(rows).pipe(decodeImages({ concurrency: 8 })))) as Out[]
+    const errors = out.filter((r): r is ErrorRecord => r.kind === 'error')
+    const byRow = new Map(errors.map((e) => [e.key.row, e.message]))
+    expect(errors).toHaveLength(32)
+    expect(new Set(errors.filter((e) => e.key.row % 3 === 0).map((e) => byRow.get(e.key.row)))).toEqual(
+      new Set(['truncated: jpeg data ends before its end marker (679 bytes)'.replace('679', String(truncated.length))]),
+    )
+    expect(new Set(errors.filter((e) => e.key.row % 3 === 1).map((e) => e.code))).toEqual(new Set(['unsupported-format']))
+    expect(new Set(errors.filter((e) => e.key.row % 3 === 1).map((e) => e.message)).size).toBe(1)
+  })
+
   it('enforces the pixel and byte limits', async () => {
     const big = await img.png(300, 300, 1)
     expect(await decodeOne(big, { maxPixels: 10_000 })).toMatchObject({ kind: 'error', code: 'too-many-pixels' })

@@ -93,9 +93,14 @@ describe('readShards', () => {
     const inFlight = new InFlight({ maxRecords: 4 })
     const seen: ImageRow[] = []
     const subscription = readShards(join(dir, 'a.parquet'), { inFlight }).subscribe((r) => seen.push(r as ImageRow))
+    const until = async (n: number) => {
+      for (let i = 0; i < 500 && seen.length < n; i++) await new Promise((r) => setTimeout(r, 10))
+    }
+    await until(4)
     await new Promise((r) => setTimeout(r, 100))
     expect(seen).toHaveLength(4)
     inFlight.release(seen[0].key)
+    await until(5)
     await new Promise((r) => setTimeout(r, 50))
     expect(seen).toHaveLength(5)
     subscription.unsubscribe()
