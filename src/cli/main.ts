@@ -200,7 +200,7 @@ export function buildProgram(): Command {
 export async function main(argv: readonly string[] = process.argv): Promise<number> {
   // hyparquet may leave a rejection of a malformed file unobserved; it must not kill the run.
   process.on('unhandledRejection', (reason) => {
-    if (argv.includes('--verbose')) process.stderr.write(`evflow: ignored unhandled rejection: ${describeError(reason)}\n`)
+    process.stderr.write(`evflow: warning: ignored an unhandled rejection: ${describeError(reason)}\n`)
   })
   const program = buildProgram()
   try {
