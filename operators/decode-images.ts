@@ -58,6 +58,40 @@ export function resolveDecodeOptions(options: DecodeImagesOptions = {}): ImageDe
   return resolved
 }
 
+/** Decodes every frame of a clip into one `[F, 3, H, W]` tensor; a bad frame fails the clip, naming it. */
+async function decodeClip(row: ImageRow, decode: ImageDecodeOptions): Promise<DecodedImage> {
+  const frames = row.frames ?? null
+  if (frames === null) throw new ImageDecodeError('missing', 'the frames cell is null')
+  if (frames.length === 0) throw new ImageDecodeError('empty', 'the clip has no frames')
+  const plane = 3 * decode.width * decode.height
+  const pixel_values = new Float32Array(frames.length * plane)
+  let info: DecodedImage['info'] | undefined
+  for (const [index, frame] of frames.entries()) {
+    try {
+      const decoded = await decodeImage(frame, decode)
+      pixel_values.set(decoded.pixels, index * plane)
+      info ??= decoded.info
+    } catch (error) {
+      if (error instanceof ImageDecodeError) {
+        throw new ImageDecodeError(error.reason, `frame ${index} of ${frames.length}: ${error.message.replace(`${error.reason}: `, '')}`, { cause: error })
+      }
+      throw error
+    }
+  }
+  return {
+    kind: 'decoded-image',
+    key: row.key,
+    source: row.source,
+    kept: row.kept,
+    id: row.id,
+    info: info!,
+    frames: frames.length,
+    pixel_values,
+    width: decode.width,
+    height: decode.height,
+  }
+}
+
 /**
  * Decodes image bytes into normalised `pixel_values [3, H, W]` float32 tensors.
  *
@@ -65,7 +99,7 @@ export function resolveDecodeOptions(options: DecodeImagesOptions = {}): ImageDe
  * images at a time; EXIF orientation is applied, animations give their first frame, greyscale / CMYK /
  * 16-bit / alpha become 8-bit sRGB.
  *
- * In → out: 1 → 1. `ImageRow` → `DecodedImage`, or → `ErrorRecord` (code `missing`, `empty`,
+ * In → out: 1 → 1. `ImageRow` → `DecodedImage` (a `frames` clip → `[F, 3, H, W]`), or → `ErrorRecord` (code `missing`, `empty`,
  * `too-many-bytes`, `too-many-pixels`, `unsupported-format`, `truncated` or `corrupt`) when the image
  * cannot be decoded; every other record passes through unchanged. The run goes on.
  * Errors: invalid options throw `PipelineConfigError` at once.
@@ -84,6 +118,7 @@ export function decodeImages<T extends { kind: string }>(
     (record: T): record is T & ImageRow => record.kind === 'image-row',
     async (row: ImageRow): Promise<DecodedImage | ErrorRecord> => {
       try {
+        if (row.frames !== undefined && row.image === null) return await decodeClip(row, decode)
         const decoded = await decodeImage(row.image, decode)
         return {
           kind: 'decoded-image',
@@ -92,6 +127,7 @@ export function decodeImages<T extends { kind: string }>(
           kept: row.kept,
           id: row.id,
           info: decoded.info,
+          frames: 1,
           pixel_values: decoded.pixels,
           width: decoded.width,
           height: decoded.height,

@@ -126,6 +126,11 @@ export function readShards(
             continue
           }
           const cell = info.imageColumn === undefined ? null : values?.[info.imageColumn]
+          if (Array.isArray(cell)) {
+            const frames = cell.map((f: unknown) => (f instanceof Uint8Array ? f : null))
+            await emit({ kind: 'image-row', key, source: info, kept, id, image: null, frames, imagePath: null })
+            continue
+          }
           const { image, imagePath } = imageCell(cell)
           await emit({ kind: 'image-row', key, source: info, kept, id, image, imagePath })
         }

@@ -29,8 +29,8 @@ export const scanDefaults: ScanConfig = Object.freeze({
 const int = (text: string) => Number.parseInt(text, 10)
 
 /**
- * `scan`: decodes every image and writes, per row, its width, height, format, channels, bit depth, byte
- * size and sha256, with `status`/`error` for rows that cannot be decoded. A dataset validator in the
+ * `scan`: decodes every image (every frame of a clip) and writes, per row, its width, height, format,
+ * channels, bit depth, frame count, byte size and sha256 (for a clip: of its first frame), with `status`/`error` for rows that cannot be decoded. A dataset validator in the
  * spirit of img2dataset's per-shard stats.
  */
 export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
@@ -63,6 +63,7 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
     { name: 'format', type: 'STRING', value: (r) => r.info.format },
     { name: 'channels', type: 'INT32', value: (r) => r.info.channels },
     { name: 'bit_depth', type: 'INT32', value: (r) => r.info.bitDepth },
+    { name: 'frames', type: 'INT32', value: (r) => r.frames },
     { name: 'bytes', type: 'INT64', value: (r) => r.info.bytes },
     { name: 'sha256', type: 'STRING', value: (r) => r.info.sha256 },
   ],

@@ -57,11 +57,15 @@ interface RecordBase {
   readonly kept: Readonly<Record<string, unknown>>
 }
 
-/** A row read from a shard. `image` is null when the cell is null or the column is missing. */
+/**
+ * A row read from a shard. `image` is null when the cell is null or the column is missing. For a
+ * `list<binary>` image column (video clips), `frames` holds the encoded frames and `image` is null.
+ */
 export interface ImageRow extends RecordBase {
   readonly kind: 'image-row'
   readonly id: unknown
   readonly image: Uint8Array | null
+  readonly frames?: readonly (Uint8Array | null)[] | null
   /** The `path` field of a Hugging Face `datasets` image struct, when present. */
   readonly imagePath: string | null
 }
@@ -82,12 +86,18 @@ export interface ImageInfo {
   readonly sha256: string
 }
 
-/** A decoded, resized and normalised image. */
+/** A decoded, resized and normalised image, or clip of `frames` images. */
 export interface DecodedImage extends RecordBase {
   readonly kind: 'decoded-image'
   readonly id: unknown
+  /** Facts about the image (for a clip: its first frame). */
   readonly info: ImageInfo
-  /** `pixel_values [3, H, W]`, float32, normalised with the mean/std of the options. */
+  /** Frames in `pixel_values`: 1 for an image. */
+  readonly frames: number
+  /**
+   * `pixel_values [3, H, W]` for an image, `[F, 3, H, W]` for a clip; float32, normalised with the
+   * mean/std of the options.
+   */
   readonly pixel_values: Float32Array
   readonly height: number
   readonly width: number
@@ -158,9 +168,10 @@ export function isShardNotice(value: { kind: string }): value is ShardNotice {
 
 /** Approximate bytes a record holds (for the in-flight byte bound). */
 export function recordBytes(record: { kind: string }): number {
-  const r = record as { image?: Uint8Array | null; pixel_values?: Float32Array }
+  const r = record as { image?: Uint8Array | null; frames?: readonly (Uint8Array | null)[] | null; pixel_values?: Float32Array }
   let bytes = 256
   if (r.image) bytes += r.image.byteLength
+  if (r.frames) for (const frame of r.frames) bytes += frame?.byteLength ?? 0
   if (r.pixel_values) bytes += r.pixel_values.byteLength
   return bytes
 }

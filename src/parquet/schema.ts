@@ -7,9 +7,10 @@ import { parquetSchema, type FileMetaData, type SchemaElement, type SchemaTree }
 import type { KeptColumn } from '../records.js'
 
 /** Names that mark a binary column as the image column when several binary columns exist. */
-const IMAGE_NAMES = ['image', 'img', 'jpg', 'jpeg', 'png', 'webp', 'picture', 'photo', 'image_bytes', 'bytes']
+const IMAGE_NAMES = ['image', 'img', 'jpg', 'jpeg', 'png', 'webp', 'picture', 'photo', 'image_bytes', 'bytes', 'frames', 'video']
 
-export type ImageColumnLayout = 'binary' | 'hf-struct'
+/** `frames`: a `list<binary>` column, one clip of encoded frames per row (video). */
+export type ImageColumnLayout = 'binary' | 'hf-struct' | 'frames'
 
 export interface ColumnSummary {
   readonly name: string
@@ -54,7 +55,15 @@ function isBinaryLeaf(el: SchemaElement): boolean {
 function imageLayout(node: SchemaTree): ImageColumnLayout | undefined {
   if (node.children.length === 0) return isBinaryLeaf(node.element) ? 'binary' : undefined
   const logical = node.element.logical_type?.type ?? node.element.converted_type
-  if (logical === 'LIST' || logical === 'MAP' || logical === 'MAP_KEY_VALUE') return undefined
+  if (logical === 'LIST') {
+    // Three-level list: <name> (LIST) → repeated group `list` → `element`; or the legacy two-level form.
+    const repeated = node.children.length === 1 ? node.children[0] : undefined
+    if (!repeated || repeated.element.repetition_type !== 'REPEATED') return undefined
+    if (repeated.children.length === 0) return isBinaryLeaf({ ...repeated.element, repetition_type: 'REQUIRED' }) ? 'frames' : undefined
+    const element = repeated.children.length === 1 ? repeated.children[0] : undefined
+    return element && element.children.length === 0 && isBinaryLeaf(element.element) ? 'frames' : undefined
+  }
+  if (logical === 'MAP' || logical === 'MAP_KEY_VALUE') return undefined
   const bytes = node.children.find((c) => c.element.name === 'bytes')
   if (bytes && bytes.children.length === 0 && isBinaryLeaf(bytes.element)) return 'hf-struct'
   return undefined

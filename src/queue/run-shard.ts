@@ -115,7 +115,13 @@ export async function runShardJob(data: ShardJobData, context: RunShardContext):
       outDir: staging.dir,
       lock: false,
       ...(context.signal === undefined ? {} : { signal: context.signal }),
-      progress: { update: (state) => context.onProgress?.({ rowsDone: state.rowsDone, rowsTotal: state.rowsTotal }) },
+      // Rows that have reached the writer (written rows only grow a row group at a time).
+      progress: {
+        update: (state) => {
+          const reached = state.stages.find((s) => s.stage === 'writeShards')?.recordsIn ?? 0
+          context.onProgress?.({ rowsDone: Math.max(reached, state.rowsDone), rowsTotal: state.rowsTotal })
+        },
+      },
       progressIntervalMs: context.progressIntervalMs ?? 1000,
     })
     if (summary.shards.failed > 0) {

@@ -149,6 +149,9 @@ export class FileShardStore implements ShardStore {
           await rename(staged, final)
         }
       }
+      // Another publisher of the same bytes may have recorded the shard meanwhile: keep its record.
+      const recorded = await this.committed(staging.name, record.inputFingerprint, record.configHash)
+      if (recorded) return { status: 'duplicate', record: recorded, identical: recorded.outputSha256 === record.outputSha256 }
       await writeFileAtomic(this.layout, this.layout.commit(staging.name), `${JSON.stringify(record, null, 2)}\n`)
       return { status: 'committed', record }
     } finally {

@@ -46,6 +46,15 @@ describe('evflow scan (the README main command)', () => {
     expect(changed.stdout).toContain('3 committed, 0 skipped') // a different config is not skipped
   })
 
+  it('scans every synthetic scenes fixture (images and video clips) with zero errors', async () => {
+    const out = join(dir, 'scenes')
+    const result = runCli(['scan', 'fixtures/scenes', '-o', out])
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/rows: (\d+) in, \1 ok, 0 error/)
+    const clips = await duckQuery(`SELECT min(frames)::int AS lo, max(frames)::int AS hi, count(*)::int AS n FROM read_parquet('${join(out, 'video.parquet')}')`)
+    expect(clips).toEqual([{ lo: 4, hi: 8, n: 128 }])
+  })
+
   it('prints JSON lines with --json: start, shard events and a summary', () => {
     const result = runCli(['scan', 'fixtures/shards/part-00002.parquet', '-o', join(dir, 'json'), '--json'])
     expect(result.code).toBe(0)

@@ -140,6 +140,22 @@ describe('decodeImages', () => {
     expect(new Set(errors.filter((e) => e.key.row % 3 === 1).map((e) => e.message)).size).toBe(1)
   })
 
+  it('decodes a clip of frames into [F, 3, H, W] and fails the clip on a bad frame, naming it', async () => {
+    const frames = [await solid(16, 16, [255, 0, 0]), await solid(16, 16, [0, 255, 0]), await solid(16, 16, [0, 0, 255])]
+    const clip = { ...imageRow(0, null), frames }
+    const [out] = (await collect(of(clip).pipe(decodeImages({ size: 4 })))) as DecodedImage[]
+    expect(out).toMatchObject({ kind: 'decoded-image', frames: 3, width: 4, height: 4 })
+    expect(out.pixel_values.length).toBe(3 * 3 * 16)
+    expect(out.pixel_values[0]).toBeCloseTo(1, 5) // frame 0 red
+    expect(out.pixel_values[48 + 16]).toBeCloseTo(1, 5) // frame 1 green
+    expect(out.pixel_values[96 + 32]).toBeCloseTo(1, 5) // frame 2 blue
+    const broken = { ...imageRow(1, null), frames: [frames[0], new Uint8Array(0)] }
+    const [bad] = (await collect(of(broken).pipe(decodeImages()))) as ErrorRecord[]
+    expect(bad).toMatchObject({ kind: 'error', code: 'empty', message: 'empty: frame 1 of 2: the image has 0 bytes' })
+    const [none] = (await collect(of({ ...imageRow(2, null), frames: null }).pipe(decodeImages()))) as ErrorRecord[]
+    expect(none).toMatchObject({ kind: 'error', code: 'missing' })
+  })
+
   it('enforces the pixel and byte limits', async () => {
     const big = await img.png(300, 300, 1)
     expect(await decodeOne(big, { maxPixels: 10_000 })).toMatchObject({ kind: 'error', code: 'too-many-pixels' })
