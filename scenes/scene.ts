@@ -110,7 +110,7 @@ export const VIDEO_SIZES: readonly (readonly [number, number])[] = [
 ]
 
 /** Half-extent of an object as a fraction of the smaller side of a grid cell. */
-export const SIZE_FACTOR: Readonly<Record<Size, number>> = { small: 0.26, large: 0.4 }
+export const SIZE_FACTOR: Readonly<Record<Size, number>> = { small: 0.3, large: 0.44 }
 
 function hslToHex(h: number, s: number, l: number): string {
   h = ((h % 360) + 360) % 360
