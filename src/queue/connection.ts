@@ -54,12 +54,12 @@ export function workerConnection(address: QueueAddress): ConnectionOptions {
   }
 }
 
-/** ioredis options for a short command: a few connection attempts over about 3 s, then an error. */
+/** ioredis options for a short command: five connection attempts over about 2 s, then an error. */
 export function commandConnection(address: QueueAddress): ConnectionOptions {
   return {
     url: address.url,
     maxRetriesPerRequest: 2,
     connectTimeout: 3000,
-    retryStrategy: (times: number) => (times > 5 ? null : 200 * times),
+    retryStrategy: (times: number) => (times > 4 ? null : 200 * times),
   }
 }

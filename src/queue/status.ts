@@ -67,14 +67,17 @@ export interface JobDetail {
 async function withQueue<T>(address: QueueAddress, action: (queue: Queue<ShardJobData, ShardJobResult>) => Promise<T>): Promise<T> {
   const queue = new Queue<ShardJobData, ShardJobResult>(address.name, { connection: commandConnection(address) })
   queue.on('error', () => {})
+  let connected = false
   try {
     await queue.waitUntilReady()
+    connected = true
     return await action(queue)
   } catch (error) {
     if (error instanceof PipelineConfigError) throw error
     throw new QueueError(describeQueue(address), describeError(error), { cause: error })
   } finally {
-    await queue.close().catch(() => {})
+    // A connection that never came up has given up already; closing it would arm a 2 s timer in ioredis.
+    if (connected) await queue.close().catch(() => {})
   }
 }
 

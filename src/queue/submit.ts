@@ -153,8 +153,10 @@ export async function submitShards(options: SubmitOptions): Promise<SubmitReport
   let added = 0
   let existing = 0
   let retried = 0
+  let connected = false
   try {
     await queue.waitUntilReady()
+    connected = true
     const fresh: ShardJobData[] = []
     for (const batch of chunks(planned.jobs, 200)) {
       const found = await Promise.all(batch.map((data) => queue.getJob(shardJobId(data))))
@@ -177,7 +179,8 @@ export async function submitShards(options: SubmitOptions): Promise<SubmitReport
   } catch (error) {
     throw new QueueError(queueLabel, `cannot submit: ${describeError(error)}`, { cause: error })
   } finally {
-    await queue.close().catch(() => {})
+    // A connection that never came up has given up already; closing it would arm a 2 s timer in ioredis.
+    if (connected) await queue.close().catch(() => {})
   }
   return {
     run: planned.run,

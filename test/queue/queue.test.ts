@@ -25,10 +25,14 @@ if (!hasRedis) {
 
 /** The scan config every run here uses (decode concurrency fixed, so outputs are comparable across machines). */
 const CONFIG = Object.freeze({ ...scanDefaults, concurrency: 2 })
+/** Short locks where a test needs recovery from a dead or frozen worker; tests that do not pass a longer one
+ *  (later flags win), so that a slow CI machine cannot make a lock lapse by accident. */
 const LOCK = ['--lock-ms', '1500', '--stalled-ms', '500', '--progress-ms', '100']
+const CALM = ['--lock-ms', '15000']
 
 type ShardJob = Job<ShardJobData, ShardJobResult>
 interface WorkerEvent {
+  t: string
   event: string
   job?: string
   shard?: string
@@ -170,10 +174,10 @@ async function exitOf(worker: WorkerProcess, timeoutMs: number) {
 async function expectSameAsReference(out: string, reference: string, only?: readonly string[]): Promise<void> {
   const expected = only ?? parquetFiles(reference)
   expect(parquetFiles(out)).toEqual(expected)
-  for (const file of expected) expect(sha256(join(out, file)), file).toBe(sha256(join(reference, file)))
   const rows = await readOutput(out)
   const referenceRows = await readOutput(reference)
   for (const file of expected) expect(rows[file], file).toEqual(referenceRows[file])
+  for (const file of expected) expect(sha256(join(out, file)), file).toBe(sha256(join(reference, file)))
   expect(readdirSync(join(out, '_evflow', 'commits')).sort()).toEqual(expected.map((f) => f.replace(/\.parquet$/, '.json')))
   expect(readdirSync(join(out, '_evflow', 'staging'))).toEqual([])
   expect(readdirSync(join(out, '_evflow', 'tmp'))).toEqual([])
@@ -186,13 +190,15 @@ describe.skipIf(!hasRedis)('distributed mode (BullMQ on a private redis-server)'
     expect(submit(url, name, input12, out).stdout).toContain('0 added, 12 already in the queue')
     expect(await queue!.count()).toBe(12)
 
-    const pool = [1, 2, 3].map(() => startWorker(url, name, ['--exit-when-idle']))
+    const pool = [1, 2, 3].map(() => startWorker(url, name, [...CALM, '--exit-when-idle']))
     for (const w of pool) expect(await exitOf(w, 60_000)).toEqual({ code: 0, signal: null })
 
     await expectSameAsReference(out, reference12)
     const completed = await jobsIn('completed')
     expect(completed).toHaveLength(12)
-    expect(completed.every((j) => j.returnvalue.status === 'committed' && j.attemptsMade === 0)).toBe(true)
+    expect(completed.map((j) => [j.data.shard, j.returnvalue.status, j.attemptsMade]).sort()).toEqual(
+      parquetFiles(reference12).map((f) => [f.replace(/\.parquet$/, ''), 'committed', 1]),
+    )
     expect(new Set(completed.map((j) => j.data.shard)).size).toBe(12)
     const done = pool.flatMap((w) => w.events.filter((e) => e.event === 'job-done'))
     expect(done).toHaveLength(12)
@@ -214,7 +220,7 @@ describe.skipIf(!hasRedis)('distributed mode (BullMQ on a private redis-server)'
     await victim.exit
     expect(parquetFiles(out)).toEqual([])
 
-    const rescuer = startWorker(url, name, ['--exit-when-idle'])
+    const rescuer = startWorker(url, name, [...CALM, '--exit-when-idle'])
     expect(await exitOf(rescuer, 40_000)).toEqual({ code: 0, signal: null })
     await expectSameAsReference(out, referenceSlow)
     const job = (await queue!.getJob(id)) as ShardJob
@@ -248,7 +254,7 @@ describe.skipIf(!hasRedis)('distributed mode (BullMQ on a private redis-server)'
     expect(result.code).toBe(0)
     expect(result.stderr).toMatch(/bad: unreadable now .*queued anyway/)
 
-    const pool = [1, 2].map(() => startWorker(url, name, ['--exit-when-idle']))
+    const pool = [1, 2].map(() => startWorker(url, name, [...CALM, '--exit-when-idle']))
     for (const w of pool) expect(await exitOf(w, 40_000)).toEqual({ code: 0, signal: null })
 
     await expectSameAsReference(out, reference12, ['part-00000.parquet', 'part-00001.parquet', 'part-00002.parquet', 'part-00003.parquet'])
@@ -257,7 +263,7 @@ describe.skipIf(!hasRedis)('distributed mode (BullMQ on a private redis-server)'
     expect(failed.attemptsMade).toBe(3)
     expect(failed.failedReason).toMatch(/bad\.parquet.*(footer|Parquet)/i)
     expect(await jobsIn('completed')).toHaveLength(4)
-    const attempts = pool.flatMap((w) => w.events.filter((e) => e.event === 'job-failed' && e.shard === 'bad'))
+    const attempts = pool.flatMap((w) => w.events.filter((e) => e.event === 'job-failed' && e.shard === 'bad')).sort((a, b) => a.t.localeCompare(b.t))
     expect(attempts.map((e) => e.retry)).toEqual([true, true, false])
 
     const status = runCli(['status', '--queue', url, '--queue-name', name])
@@ -274,7 +280,7 @@ describe.skipIf(!hasRedis)('distributed mode (BullMQ on a private redis-server)'
     const id = await midShard(paused)
     paused.child.kill('SIGSTOP')
 
-    const other = startWorker(url, name, ['--exit-when-idle'])
+    const other = startWorker(url, name, [...CALM, '--exit-when-idle'])
     expect(await exitOf(other, 40_000)).toEqual({ code: 0, signal: null })
     const job = (await queue!.getJob(id)) as ShardJob
     expect(await job.getState()).toBe('completed')
@@ -307,14 +313,14 @@ describe.skipIf(!hasRedis)('distributed mode (BullMQ on a private redis-server)'
   it('SIGTERM: a worker finishes its current shard, or (--stop-timeout 0) puts it back in the queue unharmed', async () => {
     const { url, name, out } = await freshQueue()
     submit(url, name, slow, out)
-    const finisher = startWorker(url, name, ['--debug-row-delay-ms', '30'])
+    const finisher = startWorker(url, name, [...CALM, '--debug-row-delay-ms', '30'])
     const first = await midShard(finisher)
     finisher.child.kill('SIGTERM')
     expect(await exitOf(finisher, 20_000)).toEqual({ code: 0, signal: null })
     expect(await ((await queue!.getJob(first)) as ShardJob).getState()).toBe('completed')
     expect(finisher.events.filter((e) => e.event === 'job-start')).toHaveLength(1)
 
-    const releaser = startWorker(url, name, ['--debug-row-delay-ms', '60', '--stop-timeout', '0'])
+    const releaser = startWorker(url, name, [...CALM, '--debug-row-delay-ms', '60', '--stop-timeout', '0'])
     const second = await midShard(releaser)
     releaser.child.kill('SIGTERM')
     expect(await exitOf(releaser, 20_000)).toEqual({ code: 0, signal: null })
@@ -323,7 +329,7 @@ describe.skipIf(!hasRedis)('distributed mode (BullMQ on a private redis-server)'
     expect(await released.getState()).toBe('waiting')
     expect(released.attemptsMade).toBe(0)
 
-    const last = startWorker(url, name, ['--exit-when-idle'])
+    const last = startWorker(url, name, [...CALM, '--exit-when-idle'])
     expect(await exitOf(last, 30_000)).toEqual({ code: 0, signal: null })
     await expectSameAsReference(out, referenceSlow)
   })
