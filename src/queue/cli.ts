@@ -255,7 +255,7 @@ function formatEvent(e: WorkerEvent): string {
       case 'stopping':
         return `stopping (${e.reason}); ${e.running} shard(s) running`
       case 'stopped':
-        return `stopped: ${e.completed} done, ${e.failed} failed`
+        return `stopped: ${e.completed} done, ${e.failedAttempts} failed attempt(s)`
     }
   })()
   return `evflow worker: ${text}\n`

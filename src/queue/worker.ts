@@ -61,11 +61,13 @@ export type WorkerEvent =
   | { readonly event: 'lock-lost'; readonly job: string; readonly shard: string }
   | { readonly event: 'queue-error'; readonly error: string }
   | { readonly event: 'stopping'; readonly reason: string; readonly running: number }
-  | { readonly event: 'stopped'; readonly worker: string; readonly completed: number; readonly failed: number }
+  | { readonly event: 'stopped'; readonly worker: string; readonly completed: number; readonly failedAttempts: number }
 
 export interface WorkerReport {
+  /** Jobs this worker completed. */
   readonly completed: number
-  readonly failed: number
+  /** Attempts that failed on this worker (a job retried three times counts three). */
+  readonly failedAttempts: number
 }
 
 export interface RunningWorker {
@@ -97,7 +99,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const stores = new Map<string, ShardStore>()
   const active = new Map<string, ActiveJob>()
   let completed = 0
-  let failed = 0
+  let failedAttempts = 0
 
   const storeFor = async (outDir: string): Promise<ShardStore> => {
     const key = resolve(outDir)
@@ -138,7 +140,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       if (reason === RELEASE) {
         // Back to the queue without using an attempt; if Redis cannot be told now, the lock lapses and the
         // stalled check puts it back.
-        await job.moveToWait(token).catch(() => {})
+        await Promise.race([job.moveToWait(token).catch(() => {}), new Promise((r) => setTimeout(r, 2000).unref())])
         log({ event: 'job-released', job: id, shard: data.shard })
         throw new WaitingError()
       }
@@ -184,7 +186,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     completed += 1
   })
   worker.on('failed', () => {
-    failed += 1
+    failedAttempts += 1
   })
 
   try {
@@ -217,7 +219,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await worker.close()
       clearTimeout(releaseTimer)
       await idleQueue?.close().catch(() => {})
-      const report = { completed, failed }
+      const report = { completed, failedAttempts }
       log({ event: 'stopped', worker: name, ...report })
       resolveDone(report)
       return report
