@@ -8,7 +8,8 @@ import { pathToFileURL } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 
 import { generate, type GenerateOptions } from './generate.js'
-import { KINDS, SPLITS, SPLIT_SEEDS, SceneConfigError, type Kind, type Split } from './splits.js'
+import { PipelineConfigError } from '../src/errors.js'
+import { KINDS, SPLITS, SPLIT_SEEDS, type Kind, type Split } from './splits.js'
 
 function int(value: string): number {
   if (!/^\d+$/.test(value.replace(/_/g, ''))) throw new InvalidArgumentError('not a non-negative integer')
@@ -89,7 +90,7 @@ export async function main(argv: string[]): Promise<number> {
     )
     return 0
   } catch (e) {
-    if (e instanceof SceneConfigError) {
+    if (e instanceof PipelineConfigError) {
       console.error(`error: ${e.message}`)
       return e.exitCode
     }

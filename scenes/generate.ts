@@ -18,7 +18,8 @@ import { MODEL_SIZE, resizeForModel } from './pixels.js'
 import { renderImage, renderVideo } from './render.js'
 import { Rng } from './rng.js'
 import { sampleImageScene, sampleVideoScene, type Scene } from './scene.js'
-import { KINDS, KIND_STREAM, SPLITS, SPLIT_SEEDS, SceneConfigError, checkSeed, type Kind, type Split } from './splits.js'
+import { PipelineConfigError } from '../src/errors.js'
+import { KINDS, KIND_STREAM, SPLITS, SPLIT_SEEDS, checkSeed, type Kind, type Split } from './splits.js'
 
 /** Version of the generated data's layout; bump when a column, the grammar or the export changes. */
 export const FORMAT = 'evflow-scenes/1'
@@ -209,19 +210,19 @@ function jsonLine(row: SceneRow): string {
 }
 
 function positiveInt(field: string, v: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (!Number.isSafeInteger(v) || v < 1 || v > max) throw new SceneConfigError(field, `must be an integer in [1, ${max}], got ${v}`)
+  if (!Number.isSafeInteger(v) || v < 1 || v > max) throw new PipelineConfigError(field, `must be an integer in [1, ${max}], got ${v}`)
   return v
 }
 
 /** Validated options with defaults applied. */
 export function resolveOptions(o: GenerateOptions) {
-  if (!SPLITS.includes(o.split)) throw new SceneConfigError('split', `must be one of ${SPLITS.join(', ')}, got ${o.split}`)
+  if (!SPLITS.includes(o.split)) throw new PipelineConfigError('split', `must be one of ${SPLITS.join(', ')}, got ${o.split}`)
   const kind = o.kind ?? 'caption'
-  if (!KINDS.includes(kind)) throw new SceneConfigError('kind', `must be one of ${KINDS.join(', ')}, got ${kind}`)
+  if (!KINDS.includes(kind)) throw new PipelineConfigError('kind', `must be one of ${KINDS.join(', ')}, got ${kind}`)
   const seed = o.seed ?? SPLIT_SEEDS[o.split].min
   checkSeed(o.split, seed)
   const name = o.name ?? (kind === 'caption' ? o.split : `${o.split}-${kind}`)
-  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new SceneConfigError('name', `must be a plain file stem, got ${JSON.stringify(name)}`)
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new PipelineConfigError('name', `must be a plain file stem, got ${JSON.stringify(name)}`)
   return {
     split: o.split,
     kind,

@@ -4,6 +4,8 @@
  * seed outside its split's range (e.g. a test split with a train seed).
  */
 
+import { PipelineConfigError } from '../src/errors.js'
+
 export const SPLITS = ['train', 'val', 'test'] as const
 export type Split = (typeof SPLITS)[number]
 
@@ -22,17 +24,6 @@ export const SPLIT_SEEDS: Readonly<Record<Split, { min: number; max: number }>> 
 export const KIND_STREAM: Readonly<Record<Kind, number>> = { caption: 1, vqa: 2, video: 3 }
 
 /** An invalid generator option; `field` names it. */
-export class SceneConfigError extends Error {
-  override readonly name = 'SceneConfigError'
-  /** Process exit code of the CLI for this error. */
-  readonly exitCode = 2
-  constructor(
-    readonly field: string,
-    message: string,
-  ) {
-    super(`${field}: ${message}`)
-  }
-}
 
 /** The split whose range holds `seed`, or null. */
 export function splitOfSeed(seed: number): Split | null {
@@ -43,13 +34,13 @@ export function splitOfSeed(seed: number): Split | null {
   return null
 }
 
-/** Throws `SceneConfigError` unless `seed` is in `split`'s range. */
+/** Throws `PipelineConfigError` unless `seed` is in `split`'s range. */
 export function checkSeed(split: Split, seed: number): void {
-  if (!Number.isSafeInteger(seed)) throw new SceneConfigError('seed', `must be an integer, got ${seed}`)
+  if (!Number.isSafeInteger(seed)) throw new PipelineConfigError('seed', `must be an integer, got ${seed}`)
   const owner = splitOfSeed(seed)
   if (owner !== split) {
     const { min, max } = SPLIT_SEEDS[split]
     const why = owner === null ? 'belongs to no split' : `belongs to the ${owner} split`
-    throw new SceneConfigError('seed', `${seed} ${why}; ${split} seeds are ${min}-${max}`)
+    throw new PipelineConfigError('seed', `${seed} ${why}; ${split} seeds are ${min}-${max}`)
   }
 }

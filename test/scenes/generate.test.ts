@@ -13,7 +13,8 @@ import { answerQuestion, captionOf } from '../../scenes/grammar.js'
 import { parseNpyHeader } from '../../scenes/npy.js'
 import { resizeForModel } from '../../scenes/pixels.js'
 import type { Scene } from '../../scenes/scene.js'
-import { SceneConfigError, checkSeed } from '../../scenes/splits.js'
+import { PipelineConfigError } from '../../src/errors.js'
+import { checkSeed } from '../../scenes/splits.js'
 
 const dirs: string[] = []
 function tempDir(): string {
@@ -146,7 +147,7 @@ describe('generate', () => {
 
 describe('splits', () => {
   it('refuses a seed of another split', () => {
-    expect(() => checkSeed('test', 1_000_000)).toThrow(SceneConfigError)
+    expect(() => checkSeed('test', 1_000_000)).toThrow(PipelineConfigError)
     expect(() => checkSeed('test', 1_000_000)).toThrow(/belongs to the train split; test seeds are 3000000-3999999/)
     expect(() => checkSeed('train', 5)).toThrow(/belongs to no split/)
     expect(() => checkSeed('val', 2_999_999)).not.toThrow()
