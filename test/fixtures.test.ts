@@ -18,3 +18,12 @@ describe('fixtures/shards', () => {
     for (const file of files) expect(readFileSync(join(dir, file)).equals(readFileSync(join(committed, file)))).toBe(true)
   })
 })
+
+describe('package-lock.json', () => {
+  it('lists every platform binary npm ci expects (scripts/complete-lockfile.mjs --check)', async () => {
+    const { spawnSync } = await import('node:child_process')
+    const result = spawnSync(process.execPath, ['scripts/complete-lockfile.mjs', '--check'], { cwd: ROOT, encoding: 'utf8' })
+    expect(result.stdout.trim()).toBe('complete-lockfile: complete')
+    expect(result.status).toBe(0)
+  })
+})
