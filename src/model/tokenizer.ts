@@ -116,7 +116,7 @@ export class HfTokenizer implements TextTokenizer {
 
   encode(text: string): number[] {
     // Some models of the library leave out-of-vocabulary ids undefined instead of using `unk_token`.
-    return this.tokenizer.encode(text, { add_special_tokens: false }).ids.map((id) => {
+    return (this.tokenizer.encode(text, { add_special_tokens: false }).ids as (number | undefined)[]).map((id) => {
       if (id !== undefined) return id
       if (this.unknownId === undefined) throw new ModelManifestError('tokenizer.file', `cannot encode ${JSON.stringify(text)}: a word is out of the vocabulary and the model has no unk_token`)
       return this.unknownId
