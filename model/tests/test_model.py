@@ -1,0 +1,181 @@
+"""Shapes per stage, zero-initialised gates, frame-aware memory, batch-independent routing, upcycling, KV cache."""
+import pytest
+import torch
+
+from conftest import tiny
+from model import EVLM, NEG_INF, LlavaDecoder, VisualExperts, greedy_generate
+
+
+def pixels(B, F=None):
+    return torch.randn(B, 3, 64, 64) if F is None else torch.randn(B, F, 3, 64, 64)
+
+
+def test_shapes_stage1_text_only(seeded):
+    m = EVLM(tiny(expert_form="dense"))
+    cfg = m.cfg
+    ids = torch.randint(5, 65, (2, 7))
+    pos = torch.arange(7).repeat(2, 1)
+    empty = torch.zeros(cfg.n_layer, 2, cfg.n_head, 0, cfg.head_dim)
+    logits, k, v = m.decoder.run(m.decoder.embed(ids, pos), torch.zeros(2, 1, 7, 7), None, None)
+    assert logits.shape == (2, 7, 65)
+    assert k.shape == v.shape == (cfg.n_layer, 2, cfg.n_head, 7, cfg.head_dim)
+    assert empty.numel() == 0
+
+
+@pytest.mark.parametrize("form", ["dense", "evlm", "eve"])
+def test_shapes_stages_2_and_3(seeded, form):
+    m = EVLM(tiny(expert_form=form))
+    cfg = m.cfg
+    L, P, Q, D, n, H, dh = cfg.n_taps, cfg.n_patches, cfg.n_query, cfg.d_visual, cfg.n_layer, cfg.n_head, cfg.head_dim
+    taps = m.vit(pixels(3))
+    assert taps.shape == (3, L, P, cfg.vit_dim)
+    tok = m.resampler(taps)
+    assert tok.shape == (3, L, Q, D)
+    refined, aux = m.experts(tok)
+    assert refined.shape == tok.shape
+    if form != "dense":
+        logits, shared = m.experts.route(tok.reshape(-1, D))
+        assert logits.shape == (3 * L * Q, cfg.n_experts) and shared.shape == (3 * L * Q, D)
+        assert m.experts.expert(tok.reshape(-1, D)[:5], torch.tensor(1)).shape == (5, D)
+        assert aux["lb_loss"].dim() == 0 and aux["expert_counts"].sum() == 3 * L * Q * cfg.top_k
+        if form == "eve":
+            assert torch.equal(shared, torch.zeros_like(shared))
+    # video: 2 clips of up to 4 frames, the second with 2 valid frames
+    fm = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    (xk, xv, xm), _ = m.encode(pixels(2, 4), fm)
+    assert xk.shape == xv.shape == (2, n, H, 4 * Q, dh) and xm.shape == (2, 4 * Q)
+    ids = torch.randint(5, 65, (2, 5))
+    pos = torch.arange(5).repeat(2, 1)
+    empty = torch.zeros(n, 2, H, 0, dh)
+    logits, pk, pv = m.decoder(ids, pos, torch.ones(2, 5, dtype=torch.long), empty, empty, xk, xv, xm)
+    assert logits.shape == (2, 5, 65) and pk.shape == (n, 2, H, 5, dh)
+
+
+def test_gates_start_at_zero(seeded):
+    m = EVLM(tiny(expert_form="dense"))
+    for layer in m.decoder.layers:
+        assert layer.xattn.attn_gate.item() == 0.0 and layer.xattn.ff_gate.item() == 0.0
+    # so a fresh model's decoder ignores the image: same logits as the text-only language model
+    (xk, xv, xm), _ = m.encode(pixels(2, 1), torch.ones(2, 1))
+    ids = torch.randint(5, 65, (2, 6))
+    pos = torch.arange(6).repeat(2, 1)
+    x = m.decoder.embed(ids, pos)
+    bias = torch.zeros(2, 1, 6, 6)
+    with_img, _, _ = m.decoder.run(x, bias, None, None, xk, xv, xm)
+    text_only, _, _ = m.decoder.run(x, bias)
+    assert torch.equal(with_img, text_only)
+
+
+def test_frame_aware_memory(seeded):
+    m = EVLM(tiny(expert_form="dense")).eval()
+    torch.nn.init.normal_(m.memory.frame_emb, 0, 1.0)
+    for layer in m.decoder.layers:
+        layer.xattn.attn_gate.data.fill_(1.0)
+    Q, D = m.cfg.n_query, m.cfg.d_visual
+    px = pixels(1, 3)
+    with torch.no_grad():
+        tok = lambda p: m.encode_frames(p.reshape(-1, 3, 64, 64))[0].view(1, 3, m.cfg.n_taps, Q, D)
+        a = tok(px)
+        px2 = px.clone()
+        px2[0, 2] = torch.randn(3, 64, 64)  # change frame 2 only
+        b = tok(px2)
+        # each frame's tokens come from that frame alone
+        assert torch.equal(a[:, :2], b[:, :2]) and not torch.allclose(a[:, 2], b[:, 2])
+        # memory is frame-major, the mask hides padding frames: 0 for valid tokens, NEG_INF for padding
+        fm = torch.tensor([[1, 1, 0]])
+        k, v, mask = m.memory(a, fm)
+        assert torch.equal(mask, torch.tensor([[0.0] * (2 * Q) + [NEG_INF] * Q]))
+        k2, v2, _ = m.memory(b, fm)
+        assert torch.equal(k[..., :2 * Q, :], k2[..., :2 * Q, :])
+        # text attends to all valid frames, and a padding frame's content changes nothing
+        ids, pos = torch.tensor([[1, 20, 30]]), torch.tensor([[0, 1, 2]])
+        am = torch.ones(1, 3, dtype=torch.long)
+        e = torch.zeros(m.cfg.n_layer, 1, m.cfg.n_head, 0, m.cfg.head_dim)
+        out1 = m.decoder(ids, pos, am, e, e, k, v, mask)[0]
+        out2 = m.decoder(ids, pos, am, e, e, k2, v2, mask)[0]
+        assert torch.allclose(out1, out2, atol=1e-6)
+        k3, v3, m3 = m.memory(a, torch.tensor([[1, 1, 1]]))
+        assert not torch.allclose(out1, m.decoder(ids, pos, am, e, e, k3, v3, m3)[0])
+        # frame order is visible (temporal embedding): swapping two frames changes the memory
+        ks, _, _ = m.memory(a[:, [1, 0, 2]], torch.ones(1, 3))
+        assert not torch.allclose(ks[..., :Q, :], k[..., Q:2 * Q, :])
+
+
+@pytest.mark.parametrize("form", ["evlm", "eve"])
+def test_routing_does_not_depend_on_the_batch(seeded, form):
+    ex = VisualExperts(tiny(expert_form=form)).eval()
+    torch.nn.init.normal_(ex.router.weight, 0, 1.0)
+    torch.nn.init.normal_(ex.w2, 0, 0.1)
+    x = torch.randn(6, 32)
+    with torch.no_grad():
+        alone, _ = ex(x)
+        batch_a, _ = ex(torch.cat([torch.randn(50, 32), x, torch.randn(3, 32)]))
+        batch_b, _ = ex(torch.cat([x[3:], 10 * torch.randn(200, 32), x[:3]]))
+        la, _ = ex.route(x)
+        lb, _ = ex.route(torch.cat([torch.randn(9, 32), x]))
+    assert torch.allclose(alone, batch_a[50:56], atol=1e-6)
+    assert torch.allclose(alone, torch.cat([batch_b[-3:], batch_b[:3]]), atol=1e-6)
+    assert torch.equal(la.topk(ex.top_k).indices, lb[9:].topk(ex.top_k).indices)
+
+
+def test_router_and_expert_pieces_compose_to_the_layer(seeded):
+    ex = VisualExperts(tiny(expert_form="evlm")).eval()
+    torch.nn.init.normal_(ex.w2, 0, 0.1)
+    x = torch.randn(20, 32)
+    with torch.no_grad():
+        full, aux = ex(x)
+        logits, shared = ex.route(x)
+        val, idx = logits.topk(ex.top_k)
+        w = val.softmax(-1)
+        manual = x + shared
+        routed = sum(w[:, j:j + 1] * torch.stack([ex.expert(x[t:t + 1], idx[t, j])[0] for t in range(20)]) for j in range(ex.top_k))
+        manual = manual + routed
+    assert torch.allclose(full, manual, atol=1e-6)
+    assert abs(float(aux["lb_loss"])) > 0
+
+
+@pytest.mark.parametrize("form", ["evlm", "eve"])
+def test_upcycling_preserves_the_trained_function(seeded, form):
+    dense = VisualExperts(tiny(expert_form="dense")).eval()
+    torch.nn.init.normal_(dense.ffn.proj.weight, 0, 0.1)
+    moe = VisualExperts(tiny(expert_form=form)).eval()
+    moe.upcycle_from(dense)
+    x = torch.randn(30, 32)
+    with torch.no_grad():
+        assert torch.allclose(dense(x)[0], moe(x)[0], atol=1e-6)
+
+
+def test_kv_cache_equals_a_full_pass(seeded):
+    m = EVLM(tiny(expert_form="dense")).eval()
+    for layer in m.decoder.layers:
+        layer.xattn.attn_gate.data.fill_(0.7)
+        layer.xattn.ff_gate.data.fill_(0.7)
+    (xk, xv, xm), _ = m.encode(pixels(2, 1), torch.ones(2, 1))
+    prompts = [[1], [1, 30, 40, 5, 4]]
+    with torch.no_grad():
+        gen = greedy_generate(m.decoder, xk, xv, xm, prompts, max_new_tokens=6)
+        # recompute each sequence without a cache, one argmax at a time
+        for b, p in enumerate(prompts):
+            seq = list(p)
+            for t in gen[b]:
+                n = len(seq)
+                e = torch.zeros(m.cfg.n_layer, 1, m.cfg.n_head, 0, m.cfg.head_dim)
+                lg = m.decoder(torch.tensor([seq]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.long),
+                               e, e, xk[b:b + 1], xv[b:b + 1], xm[b:b + 1])[0]
+                assert int(lg[0, -1].argmax()) == t
+                seq.append(t)
+
+
+def test_llava_baseline_shapes(seeded):
+    cfg = tiny()
+    llava = LlavaDecoder(cfg).eval()
+    n, H, dh = cfg.n_layer, cfg.n_head, cfg.head_dim
+    vis = torch.randn(2, cfg.n_taps * cfg.n_query, cfg.d_visual)
+    Mv = vis.shape[1]
+    e = torch.zeros(n, 2, H, 0, dh)
+    lg, k, v = llava(vis, torch.randint(5, 65, (2, 3)), torch.arange(3).repeat(2, 1),
+                     torch.ones(2, Mv + 3, dtype=torch.long), e, e)
+    assert lg.shape == (2, 3, 65) and k.shape == (n, 2, H, Mv + 3, dh)
+    lg2, k2, _ = llava(torch.zeros(2, 0, cfg.d_visual), torch.randint(5, 65, (2, 1)), torch.full((2, 1), 3),
+                       torch.ones(2, Mv + 4, dtype=torch.long), k, v)
+    assert lg2.shape == (2, 1, 65) and k2.shape == (n, 2, H, Mv + 4, dh)

@@ -1,0 +1,124 @@
+"""A 20-step training smoke test (stages 1 -> 2 -> 3 on a tiny config and a tiny synthetic dataset) and the
+export of a tiny random configuration (structural: files, manifest, reference; ORT numbers: parity.test.ts)."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODEL_DIR, REPO, TINY, VOCAB, tiny
+from model import EVLM, load_checkpoint
+
+COLORS = ["red", "green", "blue", "yellow"]
+RGB = {"red": (230, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 230), "yellow": (240, 200, 20)}
+SHAPE = {"left": (8, 24), "right": (40, 56)}
+
+
+def make_dataset(d, n_img=64, n_clip=12, seed=0):
+    """Images of one colored square on the left or right, captioned by the scenes grammar's words."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(d, exist_ok=True)
+    shutil.copy(VOCAB, os.path.join(d, "vocab.txt"))
+    imgs = np.full((n_img, 64, 64, 3), 128, np.uint8)
+    with open(os.path.join(d, "train.jsonl"), "w") as f:
+        for i in range(n_img):
+            c, side = COLORS[rng.integers(4)], ["left", "right"][rng.integers(2)]
+            a, b = SHAPE[side]
+            imgs[i, 24:40, a:b] = RGB[c]
+            qa = [{"type": "color", "question": "what color is the square?", "answer": c},
+                  {"type": "where", "question": f"where is the {c} square?", "answer": side}]
+            f.write(json.dumps({"id": f"i{i}", "caption": f"a large {c} square on the {side}", "question": qa[0]["question"],
+                                "answer": c, "qa": qa}) + "\n")
+    np.save(os.path.join(d, "train.images.npy"), imgs)
+    frames = np.zeros((n_clip, 8, 64, 64, 3), np.uint8)
+    with open(os.path.join(d, "video.jsonl"), "w") as f:
+        for i in range(n_clip):
+            c, nf, up = COLORS[rng.integers(4)], int(rng.integers(4, 9)), bool(rng.integers(2))
+            for t in range(nf):
+                y = 40 - 4 * t if up else 8 + 4 * t
+                frames[i, t] = 128
+                frames[i, t, y:y + 12, 26:38] = RGB[c]
+            dirn = "up" if up else "down"
+            qa = [{"type": "direction", "question": f"which way does the {c} square move?", "answer": dirn}]
+            f.write(json.dumps({"id": f"v{i}", "caption": f"a {c} square moves {dirn}", "question": qa[0]["question"],
+                                "answer": dirn, "qa": qa, "num_frames": nf}) + "\n")
+    np.save(os.path.join(d, "video.frames.npy"), frames)
+
+
+def train(tmp_path, stage, steps, **extra):
+    cfg = {"stage": stage, "steps": steps, "batch_images": 8, "qa_per_image": 2, "warmup": 2, "lr": 3e-3, "seed": 0,
+           **extra}
+    path = tmp_path / f"stage{stage}.json"
+    path.write_text(json.dumps(cfg))
+    r = subprocess.run([sys.executable, os.path.join(MODEL_DIR, "train.py"), "--config", str(path),
+                        "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    losses = [json.loads(l)["loss"] for l in r.stdout.splitlines() if l.startswith('{"step"') and '"loss"' in l]
+    return losses, r.stdout
+
+
+def test_three_stage_smoke_training_loss_falls(tmp_path):
+    make_dataset(tmp_path / "data")
+    model = {**TINY, "expert_form": "dense"}
+    l1, _ = train(tmp_path, 1, 10, model=model, train=["decoder"], loss_on_prompt=True)
+    l2, out2 = train(tmp_path, 2, 20, init="stage1.pt", train=["vit", "resampler", "experts", "memory", "xattn"],
+                     batch_clips=2, unfreeze={"at": 0.5, "groups": ["decoder"], "lr_mult": 0.1})
+    l3, out3 = train(tmp_path, 3, 6, init="stage2.pt", model={"expert_form": "evlm"}, train=["experts"], batch_clips=2)
+    assert l1[-1] < l1[0]
+    assert len(l2) >= 2 and l2[-1] < l2[0], out2  # 20 steps of stage 2: the loss falls
+    assert "unfreezing ['decoder']" in out2
+    # checkpoints carry their config; stage 3 upcycled the visual FFN into experts
+    m3, ck = load_checkpoint(str(tmp_path / "run" / "stage3.pt"))
+    assert ck["config"]["expert_form"] == "evlm" and ck["stage"] == 3
+    assert m3.cfg.tap_for_layer == tuple(TINY["tap_for_layer"])
+    assert len(ck["metrics"]["expert_load_train"]) == m3.cfg.n_experts
+    assert os.path.exists(tmp_path / "run" / "stage2.log")
+    # only the experts moved in stage 3
+    m2, _ = load_checkpoint(str(tmp_path / "run" / "stage2.pt"))
+    s2, s3 = m2.state_dict(), m3.state_dict()
+    assert all(torch.equal(s2[k], s3[k]) for k in s2 if not k.startswith("experts."))
+
+
+@pytest.mark.parametrize("form", ["evlm", "eve"])
+def test_export_tiny_random_config(tmp_path, form):
+    from export import export, read_onnx_io
+    torch.manual_seed(0)
+    m = EVLM(tiny(expert_form=form))
+    for layer in m.decoder.layers:
+        layer.xattn.attn_gate.data.fill_(0.5)
+    out = tmp_path / "pkg"
+    manifest, _ = export(m, str(out), VOCAB, None, name="tiny", quiet=True)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert manifest["format"] == "evflow-model/1" and manifest["opset"] == 17
+    assert manifest["experts"]["form"] == form and manifest["dims"]["shared_expert"] == (form == "evlm")
+    assert manifest["tap_for_layer"] == list(TINY["tap_for_layer"])
+    assert manifest["preprocessing"] == {"size": 64, "resize": "fill", "mean": [0.5] * 3, "std": [0.5] * 3,
+                                         "layout": "NCHW", "channels": "RGB",
+                                         "scale": "pixel / 255, then (x - mean) / std"}
+    assert set(manifest["graphs"]) == {"vit", "resampler", "router", "experts", "xattn_kv", "decoder", "llava_decoder"}
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    for g, spec in manifest["graphs"].items():
+        f = out / spec["file"]
+        assert sha(f) == spec["sha256"]
+        opsets, ins, outs = read_onnx_io(str(f))
+        assert opsets[""] == 17
+        assert ins == [i["name"] for i in spec["inputs"]] and outs == [o["name"] for o in spec["outputs"]]
+    for rel, meta in manifest["files"].items():
+        assert sha(out / rel) == meta["sha256"]
+    # every reference index points at tensors of the right size
+    for g, files in manifest["reference"]["graphs"].items():
+        for rel in files:
+            idx = json.loads((out / rel).read_text())
+            assert [t["name"] for t in idx["inputs"]] == [i["name"] for i in manifest["graphs"][g]["inputs"]]
+            for t in idx["inputs"] + idx["outputs"]:
+                assert (out / t["file"]).stat().st_size == 4 * (2 if t["dtype"] == "int64" else 1) * int(np.prod(t["dims"]))
+    greedy = json.loads((out / "reference" / "greedy.json").read_text())
+    assert {s["task"] for s in greedy["samples"]} == {"caption", "vqa"} and len(greedy["video"]["samples"]) == 2
+    assert all(len(s["expected_ids"]) >= 1 for s in greedy["samples"])

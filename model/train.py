@@ -1,0 +1,276 @@
+"""Train the reference model, one stage per config file (model/configs/stage{1,2,3}.json).
+
+    /usr/bin/python3 model/train.py --config model/configs/stage1.json --data out/evlm-data --out out/evlm
+
+Stage 1 (text): the decoder learns the language of captions and answers, no image.
+Stage 2 (align + multi-task): ViT, resampler, visual FFN, cross-attention memory and gated cross-attention
+         learn captions, VQA and video with the language model frozen (optionally unfrozen late, at a low rate).
+Stage 3 (experts): the visual FFN is upcycled into experts (model.VisualExperts.upcycle_from); the router and
+         experts train, the rest frozen, with a load-balancing loss.
+
+Each stage reads the previous stage's checkpoint (`init`), writes `{out}/stage{n}.pt` (config + weights + the
+stage config + metrics) and logs to `{out}/stage{n}.log`. Everything is seeded; torch runs on one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model import EVLM, EVLMConfig, VisualExperts, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
+from data import BOS, SEP, Split, Vocab, pack, segments_for  # noqa: E402
+
+DEFAULTS = {
+    "stage": 1,
+    "init": None,               # checkpoint of the previous stage (relative to --out)
+    "model": {},                # EVLMConfig fields (stage 1: the architecture; stage 3: expert_form etc.)
+    "train": ["decoder"],       # parameter groups that learn (model.EVLM.param_groups)
+    "steps": 1000,
+    "batch_images": 32,         # images per step (stage 1: text rows per step)
+    "batch_clips": 0,           # video clips per step
+    "qa_per_image": 2,          # questions packed with each image's caption per step
+    "loss_on_prompt": False,    # stage 1: language-model loss on the whole text (questions too)
+    "lr": 1e-3,
+    "warmup": 100,
+    "min_lr_frac": 0.05,        # cosine decay to lr * min_lr_frac
+    "weight_decay": 0.05,
+    "grad_clip": 1.0,
+    "label_smoothing": 0.0,
+    "answer_weight": 1.0,       # loss weight of answer tokens relative to caption tokens
+    "lb_coef": 0.01,            # load-balancing loss coefficient (stage 3)
+    "unfreeze": None,           # {"at": fraction of steps, "groups": [...], "lr_mult": x}: light unfreezing
+    "eval_every": 0,
+    "eval_rows": 128,
+    "images": "train",          # dataset stems under --data
+    "video": "video",
+    "val_dir": None,            # validation data (relative to --data); stems val / video
+    "seed": 0,
+}
+
+
+def log(fh, msg):
+    print(msg, flush=True)
+    fh.write(msg + "\n")
+    fh.flush()
+
+
+def lr_at(step, cfg):
+    if step < cfg["warmup"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup"]
+    p = (step - cfg["warmup"]) / max(1, cfg["steps"] - cfg["warmup"])
+    m = cfg["min_lr_frac"]
+    return cfg["lr"] * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def build_model(cfg, out_dir):
+    if cfg["init"] is None:
+        return EVLM(EVLMConfig(**cfg["model"]))
+    prev, _ = load_checkpoint(os.path.join(out_dir, cfg["init"]))
+    want = {**prev.cfg.to_dict(), **cfg["model"]}
+    if want == prev.cfg.to_dict():
+        return prev
+    # stage 3: same model, visual FFN upcycled into experts
+    model = EVLM(EVLMConfig(**want))
+    state = {k: v for k, v in prev.state_dict().items() if not k.startswith("experts.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("experts.") for k in missing), (missing, unexpected)
+    model.experts.upcycle_from(prev.experts)
+    return model
+
+
+def optimizer_groups(model, groups, cfg, lr_mult=1.0):
+    """AdamW parameter groups for the named parts: weight decay on matrices only."""
+    named = model.param_groups()
+    out = []
+    for g in groups:
+        ps = named[g]
+        for p in ps:
+            p.requires_grad_(True)
+        d = [p for p in ps if p.dim() >= 2]
+        nd = [p for p in ps if p.dim() < 2]
+        if d:
+            out.append({"params": d, "weight_decay": cfg["weight_decay"], "lr_mult": lr_mult, "name": g})
+        if nd:
+            out.append({"params": nd, "weight_decay": 0.0, "lr_mult": lr_mult, "name": g})
+    return out
+
+
+class Batches:
+    """Epoch-shuffled indices over a split; packs each row's caption + questions."""
+
+    def __init__(self, split: Split, vocab, n, n_qa, rng, loss_on_prompt=False):
+        self.split, self.vocab, self.n, self.n_qa, self.rng = split, vocab, n, n_qa, rng
+        self.loss_on_prompt = loss_on_prompt
+        self.order, self.pos, self.epoch = rng.permutation(len(split)), 0, 0
+
+    def indices(self):
+        if self.pos + self.n > len(self.order):
+            self.order, self.pos, self.epoch = self.rng.permutation(len(self.split)), 0, self.epoch + 1
+        idx = self.order[self.pos:self.pos + self.n]
+        self.pos += self.n
+        return np.sort(idx)
+
+    def text(self, idx):
+        segs = [segments_for(self.split.rows[i], self.vocab, self.n_qa, self.rng) for i in idx]
+        return pack(segs, self.loss_on_prompt)
+
+
+def text_loss(logits, batch, cfg):
+    """Mean cross-entropy over target tokens; answer tokens weighted by answer_weight. Returns (loss, parts)."""
+    tgt = batch["targets"]
+    ce = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none",
+                         label_smoothing=cfg["label_smoothing"]).view_as(tgt)
+    on = (tgt != -100).float()
+    w = on * torch.where(batch["kind"] == 1, cfg["answer_weight"], 1.0)
+    parts = {}
+    for name, k in (("cap", 0), ("ans", 1)):
+        m = on * (batch["kind"] == k).float()
+        parts[name] = ((ce * m).sum() / m.sum().clamp(min=1)).item()
+    return (ce * w).sum(), w.sum(), parts
+
+
+@torch.no_grad()
+def validate(model, vocab, val, n):
+    """Greedy exact match on a few validation rows: captions, first questions, clips."""
+    model.eval()
+    res = {}
+    for name, split in val.items():
+        idx = np.arange(min(n, len(split)))
+        px, fm = split.frames(idx)
+        (xk, xv, xm), _ = model.encode(px, fm)
+        cap = greedy_generate(model.decoder, xk, xv, xm, [[BOS]] * len(idx))
+        res[f"{name}_caption_em"] = float(np.mean([vocab.decode(c) == split.rows[i]["caption"] for c, i in zip(cap, idx)]))
+        prompts = [[BOS] + vocab.encode(split.rows[i]["question"]) + [SEP] for i in idx]
+        ans = greedy_generate(model.decoder, xk, xv, xm, prompts, max_new_tokens=4)
+        res[f"{name}_vqa_acc"] = float(np.mean([vocab.decode(a) == split.rows[i]["answer"] for a, i in zip(ans, idx)]))
+    model.train()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data", default="out/evlm-data", help="directory with the exported training data")
+    ap.add_argument("--out", default="out/evlm", help="run directory: checkpoints and logs")
+    ap.add_argument("--steps", type=int, default=None, help="override the config's steps (smoke tests)")
+    args = ap.parse_args()
+
+    cfg = {**DEFAULTS, **json.load(open(args.config))}
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg["seed"])
+    rng = np.random.default_rng(cfg["seed"])
+    os.makedirs(args.out, exist_ok=True)
+    stage = cfg["stage"]
+    fh = open(os.path.join(args.out, f"stage{stage}.log"), "w")
+    log(fh, f"# stage {stage} config {json.dumps(cfg)}")
+
+    vocab = Vocab(os.path.join(args.data, "vocab.txt"))
+    t0 = time.time()
+    images = Split.load(args.data, cfg["images"])
+    clips = Split.load(args.data, cfg["video"]) if cfg["batch_clips"] or stage == 1 else None
+    val = {}
+    if cfg["val_dir"] and cfg["eval_every"]:
+        vd = os.path.join(args.data, cfg["val_dir"])
+        val["val"] = Split.load(vd, "val", limit=cfg["eval_rows"])
+        if cfg["batch_clips"]:
+            val["val_video"] = Split.load(vd, "video", limit=cfg["eval_rows"] // 2)
+    log(fh, f"# data: {len(images)} images" + (f", {len(clips)} clips" if clips else "") + f" loaded in {time.time() - t0:.1f}s")
+
+    model = build_model(cfg, args.out)
+    assert model.cfg.vocab_size == len(vocab)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(optimizer_groups(model, cfg["train"], cfg), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-8)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(fh, f"# model {json.dumps(model.cfg.to_dict())}")
+    log(fh, f"# params {sum(p.numel() for p in model.parameters())}, trainable {n_train} ({', '.join(cfg['train'])})")
+    if model.cfg.expert_form == "eve" and "experts" in cfg["train"]:  # Eve: the original FFN (expert 0) stays frozen
+        for name in ("w1", "b1", "w2", "b2"):
+            p = getattr(model.experts, name)
+            p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:1]), g[1:]]))
+
+    if stage == 1:  # text only: captions and QA of images and clips, as packed rows
+        texts = [r for r in images.rows] + ([r for r in clips.rows] if clips else [])
+        text_split = Split(np.zeros((len(texts), 1), np.uint8), texts, False)
+        img_b = Batches(text_split, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, cfg["loss_on_prompt"])
+        vid_b = None
+    else:
+        img_b = Batches(images, vocab, cfg["batch_images"], cfg["qa_per_image"], rng)
+        vid_b = Batches(clips, vocab, cfg["batch_clips"], 1, rng) if cfg["batch_clips"] else None
+
+    model.train()
+    t_start = time.time()
+    seen = 0
+    expert_counts = None
+    unfrozen = False
+    for step in range(cfg["steps"]):
+        uf = cfg["unfreeze"]
+        if uf and not unfrozen and step >= int(uf["at"] * cfg["steps"]):
+            for g in optimizer_groups(model, uf["groups"], cfg, uf["lr_mult"]):
+                opt.add_param_group(g)
+            unfrozen = True
+            log(fh, f"# step {step}: unfreezing {uf['groups']} at lr x{uf['lr_mult']}")
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+
+        total, count, parts, aux_loss = 0.0, 0.0, {}, 0.0
+        for kind, b in (("img", img_b), ("vid", vid_b)):
+            if b is None:
+                continue
+            idx = b.indices()
+            batch = b.text(idx)
+            x = model.decoder.embed(batch["input_ids"], batch["position_ids"])
+            if stage == 1:
+                logits, _, _ = model.decoder.run(x, batch["bias"])
+            else:
+                px, fm = b.split.frames(idx)
+                (xk, xv, xm), aux = model.encode(px, fm)
+                logits, _, _ = model.decoder.run(x, batch["bias"], None, None, xk, xv, xm)
+                if "lb_loss" in aux:
+                    aux_loss = aux_loss + aux["lb_loss"]
+                    c = aux["expert_counts"]
+                    expert_counts = c if expert_counts is None else expert_counts + c
+            s, n, p = text_loss(logits, batch, cfg)
+            total, count = total + s, count + n
+            parts.update({f"{kind}_{k}": v for k, v in p.items()})
+            seen += len(idx)
+        loss = total / count + cfg["lb_coef"] * aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg["grad_clip"])
+        opt.step()
+
+        if step % 25 == 0 or step == cfg["steps"] - 1:
+            el = time.time() - t_start
+            msg = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()},
+                   "lr": round(lr, 6), "gnorm": round(gn.item(), 3), "rows_per_s": round(seen / el, 1), "elapsed_s": round(el, 1)}
+            if aux_loss:
+                msg["lb"] = round(float(aux_loss), 4)
+            log(fh, json.dumps(msg))
+        if cfg["eval_every"] and val and ((step + 1) % cfg["eval_every"] == 0 or step == cfg["steps"] - 1):
+            te = time.time()
+            res = validate(model, vocab, val, cfg["eval_rows"])
+            log(fh, json.dumps({"step": step + 1, "eval": {k: round(v, 4) for k, v in res.items()}, "eval_s": round(time.time() - te, 1)}))
+            t_start += time.time() - te  # eval time is not training time
+
+    metrics = {"train_seconds": round(time.time() - t_start, 1), "steps": cfg["steps"], "rows_seen": seen}
+    if expert_counts is not None:
+        metrics["expert_load_train"] = (expert_counts / expert_counts.sum()).tolist()
+    model.eval()
+    save_checkpoint(os.path.join(args.out, f"stage{stage}.pt"), model, stage=stage, train_config=cfg, metrics=metrics)
+    log(fh, f"# done: {json.dumps(metrics)}; wrote {os.path.join(args.out, f'stage{stage}.pt')}")
+
+
+if __name__ == "__main__":
+    main()
