@@ -1,8 +1,9 @@
 /**
- * `npm run build && node dist/test/bench/queue.js [--shards 40] [--rows 50] [--reps 3] [--workers 1,2,4]`
+ * `npm run build && node dist/test/bench/queue.js [--shards 40] [--rows 50] [--reps 3] [--workers 1,2,4,1x2]`
  *
  * Distributed mode on one machine: `scan` over small shards, one single-process run (`evflow scan`) against
- * 1, 2 and 4 `evflow worker` processes on a private `redis-server`. Reports, as medians over the
+ * 1, 2 and 4 `evflow worker` processes on a private `redis-server` (`1x2`: one worker running two shards at
+ * once, `--concurrency 2`). Reports, as medians over the
  * repetitions: wall time from `submit` to the last shard done (workers already started and connected),
  * rows/s, throughput relative to the single process, and the per-shard overhead of the queue
  * `(T(1 worker) - T(single)) / shards` (everything distributed mode adds per shard: the job round trips,
@@ -26,6 +27,22 @@ import { hasRedis, RedisServer } from '../queue/redis-server.js'
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url))
 const CONFIG = Object.freeze({ ...scanDefaults, concurrency: 2 })
 
+/** `N` worker processes, or `NxC`: N processes running C shards each at once. */
+interface Variant {
+  readonly label: string
+  readonly workers: number
+  readonly concurrency: number
+}
+
+function variant(text: string): Variant {
+  const m = /^(\d+)(?:x(\d+))?$/.exec(text.trim())
+  if (!m) throw new Error(`--workers: expected N or NxC, got ${text}`)
+  const workers = Number(m[1])
+  const concurrency = Number(m[2] ?? 1)
+  const label = `${workers} worker process${workers === 1 ? '' : 'es'}${concurrency > 1 ? `, ${concurrency} shards at once each` : ''}`
+  return { label, workers, concurrency }
+}
+
 const median = (xs: readonly number[]) => {
   const s = [...xs].sort((a, b) => a - b)
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
@@ -41,11 +58,12 @@ function singleProcess(input: string, out: string): { runS: number; wallS: numbe
   return { runS: summary.durationS, wallS }
 }
 
-function startWorkers(url: string, name: string, count: number): { children: ChildProcess[]; ready: Promise<void> } {
+function startWorkers(url: string, name: string, count: number, concurrency: number): { children: ChildProcess[]; ready: Promise<void> } {
   const children: ChildProcess[] = []
   const readies: Promise<void>[] = []
   for (let i = 0; i < count; i++) {
-    const child = spawn(process.execPath, [CLI, 'worker', '--queue', url, '--queue-name', name, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] })
+    const args = [CLI, 'worker', '--queue', url, '--queue-name', name, '--json', '--concurrency', String(concurrency)]
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] })
     children.push(child)
     readies.push(
       new Promise((resolve, reject) => {
@@ -75,8 +93,8 @@ async function stopWorkers(children: readonly ChildProcess[]): Promise<void> {
 }
 
 /** One distributed run: seconds from submit to the last shard completed, and the submit's own seconds. */
-async function distributed(redis: RedisServer, name: string, workers: number, input: string, out: string, shards: number): Promise<{ totalS: number; submitS: number }> {
-  const { children, ready } = startWorkers(redis.url, name, workers)
+async function distributed(redis: RedisServer, name: string, variant: Variant, input: string, out: string, shards: number): Promise<{ totalS: number; submitS: number }> {
+  const { children, ready } = startWorkers(redis.url, name, variant.workers, variant.concurrency)
   const queue = new Queue(name, { connection: { url: redis.url } })
   try {
     await ready
@@ -103,7 +121,7 @@ async function main(): Promise<void> {
       shards: { type: 'string', default: '40' },
       rows: { type: 'string', default: '50' },
       reps: { type: 'string', default: '3' },
-      workers: { type: 'string', default: '1,2,4' },
+      workers: { type: 'string', default: '1,2,4,1x2' },
     },
   })
   if (!hasRedis) {
@@ -113,7 +131,7 @@ async function main(): Promise<void> {
   const shards = Number(values.shards)
   const rows = Number(values.rows)
   const reps = Number(values.reps)
-  const workerCounts = values.workers.split(',').map(Number)
+  const variants = values.workers.split(',').map(variant)
   const loadBefore = loadavg()[0].toFixed(1)
   const dir = mkdtempSync(join(tmpdir(), 'evflow-bench-queue-'))
   const redis = await RedisServer.start(join(dir, 'redis'))
@@ -121,20 +139,20 @@ async function main(): Promise<void> {
     const input = join(dir, 'in')
     await writeImageShards(input, shards, rows, { size: 64, rowGroupSize: rows })
     const single: { runS: number; wallS: number }[] = []
-    const queued = new Map<number, { totalS: number; submitS: number }[]>(workerCounts.map((n) => [n, []]))
+    const queued = new Map<string, { totalS: number; submitS: number }[]>(variants.map((v) => [v.label, []]))
     let run = 0
     for (let rep = 0; rep < reps; rep++) {
       single.push(singleProcess(input, join(dir, `single-${rep}`)))
-      for (const n of workerCounts) {
+      for (const v of variants) {
         run += 1
-        queued.get(n)!.push(await distributed(redis, `bench${run}`, n, input, join(dir, `queue-${run}`), shards))
+        queued.get(v.label)!.push(await distributed(redis, `bench${run}`, v, input, join(dir, `queue-${run}`), shards))
       }
       process.stderr.write(`bench queue: repetition ${rep + 1} of ${reps} done\n`)
     }
 
     const totalRows = shards * rows
     const base = median(single.map((s) => s.runS))
-    const one = median(queued.get(workerCounts[0])!.map((q) => q.totalS))
+    const one = median(queued.get(variants[0].label)!.map((q) => q.totalS))
     const lines = [
       `distributed scan: ${shards} shards x ${rows} rows (64px JPEGs), ${reps} repetitions, medians; ${cpus()[0]?.model ?? 'cpu'}, ${availableParallelism()} cores, Node ${process.versions.node}; load average before ${loadBefore}, after ${loadavg()[0].toFixed(1)}`,
       '',
@@ -142,12 +160,12 @@ async function main(): Promise<void> {
       '|---|---|---|---|---|',
       `| single process (evflow scan; process wall ${median(single.map((s) => s.wallS)).toFixed(2)} s) | ${base.toFixed(2)} | ${Math.round(totalRows / base)} | 1.00x | - |`,
     ]
-    for (const n of workerCounts) {
-      const samples = queued.get(n)!
+    for (const v of variants) {
+      const samples = queued.get(v.label)!
       const t = median(samples.map((q) => q.totalS))
-      lines.push(`| ${n} worker process${n === 1 ? '' : 'es'} | ${t.toFixed(2)} | ${Math.round(totalRows / t)} | ${(base / t).toFixed(2)}x | ${median(samples.map((q) => q.submitS)).toFixed(2)} |`)
+      lines.push(`| ${v.label} | ${t.toFixed(2)} | ${Math.round(totalRows / t)} | ${(base / t).toFixed(2)}x | ${median(samples.map((q) => q.submitS)).toFixed(2)} |`)
     }
-    lines.push('', `per-shard overhead of the queue, 1 worker vs single process: ${(((one - base) / shards) * 1000).toFixed(1)} ms`)
+    lines.push('', `per-shard overhead of the queue, ${variants[0].label} vs single process: ${(((one - base) / shards) * 1000).toFixed(1)} ms`)
     console.log(lines.join('\n'))
     console.log(JSON.stringify({ shards, rows, reps, single, queued: Object.fromEntries(queued) }))
   } finally {
