@@ -25,9 +25,13 @@ export interface WriteShardsOptions<R> {
   configHash?: string
   /** The resolved config, stored in each output file's key-value metadata. Default: none. */
   config?: unknown
-  /** The in-flight bound shared with `readShards`; rows are released once written. Default: none. */
+  /**
+   * The in-flight bound shared with `readShards`. A row is released when it reaches the row-group buffer:
+   * the buffer holds only its output values (never pixels), at most `rowGroupSize` rows per open shard.
+   * Default: none.
+   */
   inFlight?: InFlight
-  /** Rows per output row group (at most half of `inFlight.maxRecords`). Default 1000. */
+  /** Rows per output row group. A content setting: it does not depend on the in-flight bound. Default 1000. */
   rowGroupSize?: number
   /** Take the output folder's lock so two runs cannot write it at once. Default true. */
   lock?: boolean
@@ -55,7 +59,8 @@ interface ShardState {
   /** Next ordinal (row - rowStart) to append. */
   next: number
   readonly pending: Map<number, KeyedRecord>
-  buffer: KeyedRecord[]
+  /** Output values of the next row group, one array per row. */
+  buffer: unknown[][]
   ok: number
   errors: number
 }
@@ -85,7 +90,7 @@ export function writeShards<R extends KeyedRecord>(
     throw new PipelineConfigError('rowGroupSize', `must be a positive integer, got ${requested}`)
   }
   if (typeof outDir !== 'string' || outDir.length === 0) throw new PipelineConfigError('outDir', 'must be a folder path')
-  const rowGroupSize = options.inFlight ? Math.max(1, Math.min(requested, Math.floor(options.inFlight.maxRecords / 2))) : requested
+  const rowGroupSize = requested
   const columns = options.columns ?? []
   const configHash = options.configHash ?? ''
   const createdBy = options.createdBy ?? 'evflow'
@@ -179,9 +184,8 @@ export function writeShards<R extends KeyedRecord>(
         enqueue(state, async () => {
           if (closed) return
           const started = performance.now()
-          await state.writer!.writeRowGroup(toColumns(state, rows, columns))
+          await state.writer!.writeRowGroup(toColumns(state, rows))
           stage?.busy(performance.now() - started)
-          if (options.inFlight) for (const r of rows) options.inFlight.release(r.key)
           stage?.out(rows.length)
         })
       }
@@ -230,7 +234,8 @@ export function writeShards<R extends KeyedRecord>(
           state.next += 1
           if (next.kind === 'error') state.errors += 1
           else state.ok += 1
-          state.buffer.push(next)
+          state.buffer.push(rowValues(state, next, columns))
+          options.inFlight?.release(next.key)
           if (state.buffer.length >= rowGroupSize) writeBuffered(state)
         }
         if (state.next === state.info.rows) finishShard(state)
@@ -279,22 +284,17 @@ export function writeShards<R extends KeyedRecord>(
     })
 }
 
-/** Column arrays of one row group. */
-function toColumns<R>(state: ShardState, rows: readonly KeyedRecord[], results: readonly OutputColumn<R>[]) {
-  const out: { name: string; data: unknown[] }[] = []
-  for (const { from, column } of state.kept) {
-    out.push({ name: column.name, data: rows.map((r) => column.convert(r.kept[from])) })
-  }
-  out.push({ name: 'status', data: rows.map((r) => (r.kind === 'error' ? 'error' : 'ok')) })
-  out.push({ name: 'error', data: rows.map((r) => (r.kind === 'error' ? (r as ErrorRecord).message : null)) })
-  out.push({ name: 'error_code', data: rows.map((r) => (r.kind === 'error' ? (r as ErrorRecord).code : null)) })
-  const resultPlanned = state.columns.slice(state.kept.length + 3)
-  results.forEach((column, i) => {
-    const planned = resultPlanned[i]
-    out.push({
-      name: planned.name,
-      data: rows.map((r) => (r.kind === 'error' ? null : planned.convert(column.value(r as unknown as R)))),
-    })
-  })
-  return out as Parameters<ParquetFileWriter['writeRowGroup']>[0]
+/** The output values of one row, in column order: kept, status, error, error_code, results. */
+function rowValues<R>(state: ShardState, r: KeyedRecord, results: readonly OutputColumn<R>[]): unknown[] {
+  const values: unknown[] = state.kept.map(({ from, column }) => column.convert(r.kept[from]))
+  const error = r.kind === 'error' ? (r as ErrorRecord) : undefined
+  values.push(error ? 'error' : 'ok', error ? error.message : null, error ? error.code : null)
+  const planned = state.columns.slice(state.kept.length + 3)
+  results.forEach((column, i) => values.push(error ? null : planned[i].convert(column.value(r as unknown as R))))
+  return values
+}
+
+/** Column arrays of one row group from its rows' values. */
+function toColumns(state: ShardState, rows: readonly unknown[][]) {
+  return state.columns.map((column, i) => ({ name: column.name, data: rows.map((row) => row[i]) })) as Parameters<ParquetFileWriter['writeRowGroup']>[0]
 }

@@ -92,7 +92,11 @@ export function runConfig(definition: PipelineDefinition, config: object, option
   }
   const stored = { pipeline: definition.name, [definition.name]: config, read }
   const hash = configHash({ pipeline: definition.name, config, read }, definition.performanceKeys)
-  return { stored, hash }
+  // What goes into the output files: only what decides their content, so that the same shard run with
+  // other speed settings (concurrency, workers) on another machine gives the same bytes.
+  const outputConfig = Object.fromEntries(Object.entries(config).filter(([k]) => !definition.performanceKeys.includes(k)))
+  const output = { pipeline: definition.name, [definition.name]: outputConfig, read }
+  return { stored, hash, output }
 }
 
 export async function runPipeline<C extends object, R extends KeyedRecord>(
@@ -102,7 +106,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
 ): Promise<RunSummary> {
   const startedAt = new Date()
   const layout = outputLayout(options.outDir)
-  const { stored, hash } = runConfig(definition as unknown as PipelineDefinition, config, options)
+  const { stored, hash, output } = runConfig(definition as unknown as PipelineDefinition, config, options)
   const inFlight = new InFlight({ maxRecords: options.maxRecordsInFlight ?? 1024, maxBytes: options.maxBytesInFlight ?? 256 * 1024 * 1024 })
   const metrics = new RunMetrics()
   const readOptions = {
@@ -178,7 +182,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
           writeShards<R>(options.outDir, {
             columns: definition.columns(config),
             configHash: hash,
-            config: stored,
+            config: output,
             inFlight,
             metrics,
             lock: false,

@@ -169,3 +169,13 @@ describe('evflow scan (the README main command)', () => {
     }
   })
 })
+
+describe('output determinism', () => {
+  it('gives byte-identical shards whatever the speed settings (they are not written into the files)', () => {
+    const a = join(dir, 'det-a')
+    const b = join(dir, 'det-b')
+    expect(runCli(['scan', 'fixtures/shards', '-o', a, '--concurrency', '1', '--max-in-flight', '16']).code).toBe(0)
+    expect(runCli(['scan', 'fixtures/shards', '-o', b, '--concurrency', '7']).code).toBe(0)
+    expect(bytesOf(a)).toEqual(bytesOf(b))
+  })
+})
