@@ -78,18 +78,11 @@ async function decodeClip(row: ImageRow, decode: ImageDecodeOptions): Promise<De
       throw error
     }
   }
-  return {
-    kind: 'decoded-image',
-    key: row.key,
-    source: row.source,
-    kept: row.kept,
-    id: row.id,
-    info: info!,
-    frames: frames.length,
-    pixel_values,
-    width: decode.width,
-    height: decode.height,
-  }
+  return decodedRecord(row, info!, frames.length, pixel_values, decode)
+}
+
+function decodedRecord(row: ImageRow, info: DecodedImage['info'], frames: number, pixel_values: Float32Array, decode: ImageDecodeOptions): DecodedImage {
+  return { kind: 'decoded-image', key: row.key, source: row.source, kept: row.kept, id: row.id, info, frames, pixel_values, width: decode.width, height: decode.height }
 }
 
 /**
@@ -120,18 +113,7 @@ export function decodeImages<T extends { kind: string }>(
       try {
         if (row.frames !== undefined && row.image === null) return await decodeClip(row, decode)
         const decoded = await decodeImage(row.image, decode)
-        return {
-          kind: 'decoded-image',
-          key: row.key,
-          source: row.source,
-          kept: row.kept,
-          id: row.id,
-          info: decoded.info,
-          frames: 1,
-          pixel_values: decoded.pixels,
-          width: decoded.width,
-          height: decoded.height,
-        }
+        return decodedRecord(row, decoded.info, 1, decoded.pixels, decode)
       } catch (error) {
         if (error instanceof ImageDecodeError) {
           const detail = error.reason === 'missing' && row.imagePath ? `${error.message} (path: ${row.imagePath})` : error.message

@@ -6,6 +6,8 @@
  */
 import type { SchemaElement } from 'hyparquet'
 
+import type { ImageDecodeReason } from './errors.js'
+
 /** Where a row came from. `row` is the absolute, zero-based row index within the input file. */
 export interface RowKey {
   /** The shard's output name (unique within a run). */
@@ -104,16 +106,7 @@ export interface DecodedImage extends RecordBase {
 }
 
 /** Stable, documented reasons for error rows (the output's `error_code`). */
-export type ErrorCode =
-  | 'missing'
-  | 'empty'
-  | 'too-many-bytes'
-  | 'too-many-pixels'
-  | 'unsupported-format'
-  | 'truncated'
-  | 'corrupt'
-  | 'shard-read'
-  | 'stage-failed'
+export type ErrorCode = ImageDecodeReason | 'shard-read' | 'stage-failed'
 
 /** A row that failed. It passes around later stages and reaches the sink as an `error` row. */
 export interface ErrorRecord extends RecordBase {

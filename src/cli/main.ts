@@ -4,15 +4,16 @@
  * Flags override `--config file.json`, which overrides the pipeline's defaults; the resolved config is
  * frozen, printed at start and stored in the output. Exit codes: see docs/cli.md.
  */
-import { readFileSync, realpathSync } from 'node:fs'
+import { realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { Command, InvalidArgumentError, Option } from 'commander'
+import { Command, Option } from 'commander'
 
 import { pipelines } from '../../pipelines/index.js'
 import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
 import type { PipelineDefinition } from '../engine/pipeline.js'
 import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../errors.js'
 import { registerQueueCommands } from '../queue/cli.js'
+import { addReadOptions, positiveInt, readConfigFile } from './args.js'
 import { describeShardFile, formatDescription } from './inspect.js'
 import { formatSummary, jsonProgress, terminalProgress } from './progress.js'
 
@@ -24,22 +25,6 @@ export const EXIT = {
   locked: 4,
   interrupted: 130,
 } as const
-
-function parseIntArg(text: string): number {
-  const n = Number(text)
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer')
-  return n
-}
-
-function parseRange(text: string): [number, number] {
-  const m = /^(\d+):(\d+)$/.exec(text)
-  if (!m) throw new InvalidArgumentError('expected START:END (END exclusive), e.g. 0:1000')
-  return [Number(m[1]), Number(m[2])]
-}
-
-function parseList(text: string, previous: string[] = []): string[] {
-  return [...previous, ...text.split(',').map((s) => s.trim()).filter(Boolean)]
-}
 
 const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite'] as const
 
@@ -67,23 +52,6 @@ export function resolveConfig(
   return { config: Object.freeze(parsed.data as object), run: run as Partial<RunOptions> }
 }
 
-function readConfigFile(path: string | undefined): Record<string, unknown> {
-  if (path === undefined) return {}
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch (cause) {
-    throw new PipelineConfigError('--config', `cannot read ${path}: ${describeError(cause)}`)
-  }
-  try {
-    const value = JSON.parse(text) as unknown
-    if (!value || typeof value !== 'object' || Array.isArray(value)) throw new Error('not a JSON object')
-    return value as Record<string, unknown>
-  } catch (cause) {
-    throw new PipelineConfigError('--config', `${path} is not a JSON object: ${describeError(cause)}`)
-  }
-}
-
 interface CommonFlags {
   out: string
   config?: string
@@ -100,20 +68,15 @@ interface CommonFlags {
 }
 
 function addPipelineCommand(program: Command, definition: PipelineDefinition): void {
-  const command = program
-    .command(`${definition.name} <inputs...>`)
-    .description(definition.summary)
-    .requiredOption('-o, --out <dir>', 'output folder (one output shard per input shard)')
-    .option('--config <file>', 'JSON file of options (flags override it)')
-    .option('--image-column <name>', 'column holding image bytes (default: auto-detected)')
-    .option('--id-column <name>', "column holding row ids, kept in the output (default: 'id' when present)")
-    .option('--keep <columns>', 'comma-separated input columns to copy to the output', parseList)
-    .option('--rows <start:end>', 'only these rows of each file (to split a big shard)', parseRange)
-    .option('--row-groups <start:end>', 'only these row groups of each file', parseRange)
-    .option('--limit <n>', 'stop after this many rows in total', parseIntArg)
+  const command = addReadOptions(
+    program
+      .command(`${definition.name} <inputs...>`)
+      .description(definition.summary)
+      .requiredOption('-o, --out <dir>', 'output folder (one output shard per input shard)'),
+  )
     .option('--overwrite', 'redo shards that are already committed')
     .option('--json', 'JSON lines on stdout instead of a progress bar')
-    .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', parseIntArg)
+    .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
     .option('--verbose', 'print stacks on errors')
   for (const flag of definition.flags) {
     const option = new Option(flag.flags, flag.description)
@@ -198,6 +161,10 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: readonly string[] = process.argv): Promise<number> {
+  // `evflow inspect x | head`: a closed stdout ends the command quietly, as Unix tools do.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(EXIT.ok)
+  })
   // hyparquet may leave a rejection of a malformed file unobserved; it must not kill the run.
   process.on('unhandledRejection', (reason) => {
     process.stderr.write(`evflow: warning: ignored an unhandled rejection: ${describeError(reason)}\n`)

@@ -18,7 +18,8 @@ export interface FolderLock {
   release(): void
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` exists on this host (EPERM: it exists but belongs to another user). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
@@ -50,7 +51,7 @@ export function acquireFolderLock(path: string, outDir: string): FolderLock {
     } catch {
       owner = undefined
     }
-    const stale = owner !== undefined && owner.host === me.host && !alive(owner.pid)
+    const stale = owner !== undefined && owner.host === me.host && !processAlive(owner.pid)
     if (!stale) {
       const holder = owner ? `pid ${owner.pid} on ${owner.host} since ${owner.startedAt}` : `unreadable lock file ${path}`
       throw new OutputLockedError(outDir, holder)

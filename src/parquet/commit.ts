@@ -18,6 +18,7 @@ import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promis
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 
+import { processAlive } from '../engine/lock.js'
 import type { ShardInfo } from '../records.js'
 
 export const EVFLOW_DIR = '_evflow'
@@ -76,14 +77,6 @@ export function tempPath(layout: OutputLayout, name: string, ext: string): strin
   return join(layout.tmpDir, `${name}.${HOST}.${process.pid}.${randomBytes(4).toString('hex')}${ext}`)
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
 
 /**
  * Deletes temporary files left by killed runs: all of them when `all` (the caller holds the folder lock),

@@ -2,13 +2,13 @@
  * The distributed-mode commands: `evflow submit`, `evflow worker`, `evflow status`, `evflow cancel`.
  * See docs/distributed.md.
  */
-import { Command, InvalidArgumentError, Option } from 'commander'
-import { readFileSync } from 'node:fs'
+import { Command, Option } from 'commander'
 
 import { pipelines } from '../../pipelines/index.js'
 import type { RunOptions } from '../../pipelines/run.js'
 import type { PipelineDefinition, PipelineFlag } from '../engine/pipeline.js'
-import { PipelineConfigError, describeError } from '../errors.js'
+import { PipelineConfigError } from '../errors.js'
+import { addReadOptions, nonNegativeInt, positiveInt, readConfigFile } from '../cli/args.js'
 import { DEFAULT_QUEUE_NAME, queueAddress } from './connection.js'
 // bullmq is imported by the actions only, so that other commands do not pay for loading it.
 import type { SubmitReport } from './submit.js'
@@ -29,39 +29,6 @@ export interface QueueCommandsOptions {
 
 const QUEUE_EXIT_HELP = '\nExit codes: 0 ok, 2 bad usage or config, 5 queue (Redis) unreachable, 1 anything else.'
 
-function nonNegativeInt(text: string): number {
-  const n = Number(text)
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer')
-  return n
-}
-
-function positiveInt(text: string): number {
-  const n = nonNegativeInt(text)
-  if (n < 1) throw new InvalidArgumentError('expected a positive integer')
-  return n
-}
-
-function range(text: string): [number, number] {
-  const m = /^(\d+):(\d+)$/.exec(text)
-  if (!m) throw new InvalidArgumentError('expected START:END (END exclusive), e.g. 0:1000')
-  return [Number(m[1]), Number(m[2])]
-}
-
-function list(text: string, previous: string[] = []): string[] {
-  return [...previous, ...text.split(',').map((s) => s.trim()).filter(Boolean)]
-}
-
-function readConfigFile(path: string | undefined): Record<string, unknown> {
-  if (path === undefined) return {}
-  let value: unknown
-  try {
-    value = JSON.parse(readFileSync(path, 'utf8')) as unknown
-  } catch (cause) {
-    throw new PipelineConfigError('--config', `cannot read ${path} as JSON: ${describeError(cause)}`)
-  }
-  if (!value || typeof value !== 'object' || Array.isArray(value)) throw new PipelineConfigError('--config', `${path} is not a JSON object`)
-  return value as Record<string, unknown>
-}
 
 function addQueueOptions(command: Command): Command {
   return command
@@ -91,14 +58,7 @@ function addSubmitCommand(program: Command, registry: Readonly<Record<string, Pi
     .description('queue one job per shard of a run, for `evflow worker` processes on any machine')
     .requiredOption('-o, --out <dir>', 'output folder, on a file system every worker mounts at the same path')
     .addOption(new Option('--pipeline <name>', 'pipeline to run').choices(Object.keys(registry)).makeOptionMandatory())
-  addQueueOptions(command)
-    .option('--config <file>', 'JSON file of pipeline options (flags override it)')
-    .option('--image-column <name>', 'column holding image bytes (default: auto-detected)')
-    .option('--id-column <name>', "column holding row ids, kept in the output (default: 'id' when present)")
-    .option('--keep <columns>', 'comma-separated input columns to copy to the output', list)
-    .option('--rows <start:end>', 'only these rows of each file', range)
-    .option('--row-groups <start:end>', 'only these row groups of each file', range)
-    .option('--limit <n>', 'stop after this many rows in total', nonNegativeInt)
+  addReadOptions(addQueueOptions(command))
     .option('--max-in-flight <n>', "most rows between a worker's reader and writer (default 1024)", positiveInt)
     .option('--max-rows-per-job <n>', 'split shards with more rows into row-group ranges of about this many rows', positiveInt)
     .option('--attempts <n>', 'attempts per shard before it is kept failed (default 3)', positiveInt)

@@ -24,6 +24,7 @@ import { link, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promis
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 
+import { processAlive } from '../engine/lock.js'
 import { ShardWriteError, describeError } from '../errors.js'
 import {
   EVFLOW_DIR,
@@ -65,14 +66,6 @@ export interface ShardStore {
 const STAGING = 'staging'
 const HOST = hostname().replace(/[^A-Za-z0-9.-]+/g, '_').slice(0, 60) || 'host'
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
 
 async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256')
@@ -191,7 +184,7 @@ export class FileShardStore implements ShardStore {
     let removed = 0
     for (const entry of entries) {
       const [host, pid] = entry.split('+')
-      if (host !== HOST || !/^\d+$/.test(pid ?? '') || Number(pid) === process.pid || alive(Number(pid))) continue
+      if (host !== HOST || !/^\d+$/.test(pid ?? '') || Number(pid) === process.pid || processAlive(Number(pid))) continue
       await rm(join(this.stagingRoot, entry), { recursive: true, force: true }).catch(() => {})
       removed += 1
     }
