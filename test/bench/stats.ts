@@ -1,4 +1,6 @@
 /** Small statistics and timing helpers for benchmarks. */
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 
 export function median(values: readonly number[]): number {
   if (values.length === 0) return Number.NaN
@@ -25,18 +27,36 @@ export interface Timed {
   readonly wallS: number
   /** CPU seconds of the whole process (all threads: main, libuv, libvips), user + system. */
   readonly cpuS: number
+  /** CPU seconds of the main (event-loop) thread alone; null where /proc is not available. */
+  readonly mainCpuS: number | null
+}
+
+let clockTicks: number | undefined
+
+/** User + system CPU seconds of the main thread, from `/proc/self/task/<pid>/stat` (Linux); else null. */
+export function mainThreadCpuS(): number | null {
+  try {
+    const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks
+  } catch {
+    return null
+  }
 }
 
 /** Runs `fn` after a full GC (when `--expose-gc`), timing wall clock and process CPU. */
 export async function timed(fn: () => Promise<void>): Promise<Timed> {
   const gc = (globalThis as { gc?: () => void }).gc
   gc?.()
+  const main0 = mainThreadCpuS()
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   await fn()
   const wallS = (performance.now() - t0) / 1000
   const cpu = process.cpuUsage(cpu0)
-  return { wallS, cpuS: (cpu.user + cpu.system) / 1e6 }
+  const main1 = mainThreadCpuS()
+  return { wallS, cpuS: (cpu.user + cpu.system) / 1e6, mainCpuS: main0 === null || main1 === null ? null : main1 - main0 }
 }
 
 /**
