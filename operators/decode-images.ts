@@ -30,7 +30,7 @@ export interface DecodeImagesOptions {
   maxBytes?: number
   /** Compute each image's sha256 (in `info.sha256`). Default false. */
   hash?: boolean
-  /** Images decoded at once (sharp works on libuv threads). Default: the number of cores. */
+  /** Images decoded at once (sharp works on libuv threads). Default: twice the number of cores (measured best). */
   concurrency?: number
   /** Emit in input order. Default false (`writeShards` reorders anyway). */
   ordered?: boolean
@@ -64,12 +64,12 @@ async function decodeClip(row: ImageRow, decode: ImageDecodeOptions): Promise<De
   if (frames === null) throw new ImageDecodeError('missing', 'the frames cell is null')
   if (frames.length === 0) throw new ImageDecodeError('empty', 'the clip has no frames')
   const plane = 3 * decode.width * decode.height
-  const pixel_values = new Float32Array(frames.length * plane)
+  const pixels = new Uint8Array(frames.length * plane)
   let info: DecodedImage['info'] | undefined
   for (const [index, frame] of frames.entries()) {
     try {
       const decoded = await decodeImage(frame, decode)
-      pixel_values.set(decoded.pixels, index * plane)
+      pixels.set(decoded.pixels, index * plane)
       info ??= decoded.info
     } catch (error) {
       if (error instanceof ImageDecodeError) {
@@ -78,15 +78,29 @@ async function decodeClip(row: ImageRow, decode: ImageDecodeOptions): Promise<De
       throw error
     }
   }
-  return decodedRecord(row, info!, frames.length, pixel_values, decode)
+  return decodedRecord(row, info!, frames.length, pixels, decode)
 }
 
-function decodedRecord(row: ImageRow, info: DecodedImage['info'], frames: number, pixel_values: Float32Array, decode: ImageDecodeOptions): DecodedImage {
-  return { kind: 'decoded-image', key: row.key, source: row.source, kept: row.kept, id: row.id, info, frames, pixel_values, width: decode.width, height: decode.height }
+function decodedRecord(row: ImageRow, info: DecodedImage['info'], frames: number, pixels: Uint8Array, decode: ImageDecodeOptions): DecodedImage {
+  return {
+    kind: 'decoded-image',
+    key: row.key,
+    source: row.source,
+    kept: row.kept,
+    id: row.id,
+    info,
+    frames,
+    pixels,
+    width: decode.width,
+    height: decode.height,
+    mean: [...decode.mean] as [number, number, number],
+    std: [...decode.std] as [number, number, number],
+  }
 }
 
 /**
- * Decodes image bytes into normalised `pixel_values [3, H, W]` float32 tensors.
+ * Decodes image bytes into resized uint8 RGB pixels, ready to be normalised into a model's
+ * `pixel_values` batch tensor (`writePixelValues`; `pixelValues` for one record).
  *
  * Use after `readShards` (or on any `ImageRow`s). Decoding runs in sharp on libuv threads, `concurrency`
  * images at a time; EXIF orientation is applied, animations give their first frame, greyscale / CMYK /
@@ -104,7 +118,7 @@ export function decodeImages<T extends { kind: string }>(
   options: DecodeImagesOptions = {},
 ): OperatorFunction<T, Exclude<T, ImageRow> | DecodedImage | ErrorRecord> {
   const decode = resolveDecodeOptions(options)
-  const concurrency = options.concurrency ?? availableParallelism()
+  const concurrency = options.concurrency ?? 2 * availableParallelism()
   validateConcurrency(concurrency)
   const metrics = options.metrics?.stage('decodeImages')
   return mapRecords(

@@ -23,7 +23,7 @@ export const scanDefaults: ScanConfig = Object.freeze({
   size: 64,
   maxPixels: 64_000_000,
   maxBytes: 64 * 1024 * 1024,
-  concurrency: Math.max(2, availableParallelism()),
+  concurrency: 2 * availableParallelism(),
 })
 
 const int = (text: string) => Number.parseInt(text, 10)
@@ -42,7 +42,7 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
     { flags: '--size <px>', description: `decode to this square size (default ${scanDefaults.size})`, key: 'size', parse: int },
     { flags: '--max-pixels <n>', description: `reject images with more pixels (default ${scanDefaults.maxPixels})`, key: 'maxPixels', parse: int },
     { flags: '--max-bytes <n>', description: `reject images larger than this (default ${scanDefaults.maxBytes})`, key: 'maxBytes', parse: int },
-    { flags: '--concurrency <n>', description: 'images decoded at once (default: cores, at least 2)', key: 'concurrency', parse: int },
+    { flags: '--concurrency <n>', description: 'images decoded at once (default: twice the cores)', key: 'concurrency', parse: int },
   ],
   performanceKeys: ['concurrency'],
   read: () => ({ requireImage: true }),

@@ -8,4 +8,4 @@ export { planShards, type PlannedShard, type ShardColumns, type ShardSelection }
 export { resolveInputs, outputNames, sanitizeName } from './parquet/inputs.js'
 export { isCommitted, outputLayout, readCompletion, type CompletionRecord, type OutputLayout } from './parquet/commit.js'
 export type { OutputType } from './parquet/output-schema.js'
-export { decodeImage, toNormalizedChw, DEFAULT_IMAGE_DECODE, type ImageDecodeOptions, type ResizeMode, type DecodedPixels } from './image/decode.js'
+export { decodeImage, pixelValues, writePixelValues, DEFAULT_IMAGE_DECODE, type ImageDecodeOptions, type ResizeMode, type DecodedPixels } from './image/decode.js'

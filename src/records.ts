@@ -94,13 +94,17 @@ export interface DecodedImage extends RecordBase {
   readonly id: unknown
   /** Facts about the image (for a clip: its first frame). */
   readonly info: ImageInfo
-  /** Frames in `pixel_values`: 1 for an image. */
+  /** Frames in `pixels`: 1 for an image. */
   readonly frames: number
   /**
-   * `pixel_values [3, H, W]` for an image, `[F, 3, H, W]` for a clip; float32, normalised with the
-   * mean/std of the options.
+   * The resized pixels, uint8 RGB, `[F, H, W, 3]` (HWC per frame). They are normalised once, straight into
+   * a model's contiguous `pixel_values [B, 3, H, W]` batch tensor, by `writePixelValues` (or
+   * `pixelValues` for one record): a per-image float copy would cost more than the decode at 224 px.
    */
-  readonly pixel_values: Float32Array
+  readonly pixels: Uint8Array
+  /** Per-channel mean and std that `pixelValues` applies: `(v / 255 - mean) / std`. */
+  readonly mean: readonly [number, number, number]
+  readonly std: readonly [number, number, number]
   readonly height: number
   readonly width: number
 }
@@ -161,10 +165,10 @@ export function isShardNotice(value: { kind: string }): value is ShardNotice {
 
 /** Approximate bytes a record holds (for the in-flight byte bound). */
 export function recordBytes(record: { kind: string }): number {
-  const r = record as { image?: Uint8Array | null; frames?: readonly (Uint8Array | null)[] | null; pixel_values?: Float32Array }
+  const r = record as { image?: Uint8Array | null; frames?: unknown; pixels?: Uint8Array }
   let bytes = 256
   if (r.image) bytes += r.image.byteLength
-  if (r.frames) for (const frame of r.frames) bytes += frame?.byteLength ?? 0
-  if (r.pixel_values) bytes += r.pixel_values.byteLength
+  if (Array.isArray(r.frames)) for (const frame of r.frames as (Uint8Array | null)[]) bytes += frame?.byteLength ?? 0
+  if (r.pixels) bytes += r.pixels.byteLength
   return bytes
 }

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest'
 
 import { decodeImages } from '../../operators/decode-images.js'
 import { PipelineConfigError } from '../../src/errors.js'
+import { pixelValues, writePixelValues } from '../../src/image/decode.js'
 import type { DecodedImage, ErrorRecord } from '../../src/records.js'
 import * as img from '../helpers/images.js'
 import { imageRow } from '../helpers/records.js'
@@ -29,12 +30,12 @@ describe('decodeImages', () => {
     const out = await decodeOne(await solid(40, 30, [255, 0, 51]), { size: 8 })
     expect(out.kind).toBe('decoded-image')
     const d = out as DecodedImage
-    expect(d.pixel_values).toBeInstanceOf(Float32Array)
-    expect(d.pixel_values.length).toBe(3 * 8 * 8)
+    expect(pixelValues(d)).toBeInstanceOf(Float32Array)
+    expect(pixelValues(d).length).toBe(3 * 8 * 8)
     // (v/255 - 0.5) / 0.5: 255 → 1, 0 → -1, 51 → -0.6
-    expect(d.pixel_values[0]).toBeCloseTo(1, 5)
-    expect(d.pixel_values[64]).toBeCloseTo(-1, 5)
-    expect(d.pixel_values[128]).toBeCloseTo(-0.6, 5)
+    expect(pixelValues(d)[0]).toBeCloseTo(1, 5)
+    expect(pixelValues(d)[64]).toBeCloseTo(-1, 5)
+    expect(pixelValues(d)[128]).toBeCloseTo(-0.6, 5)
     expect(d.info).toMatchObject({ width: 40, height: 30, format: 'png', channels: 3, bitDepth: 8 })
     expect(d.key).toEqual({ shard: 'shard', rowGroup: 0, row: 0 })
     expect(d.id).toBe('id-0')
@@ -56,18 +57,31 @@ describe('decodeImages', () => {
     expect(out.map((r) => r.key.row)).toEqual([...Array(10).keys()])
   })
 
+  it('keeps uint8 HWC pixels and normalises them straight into a batch tensor at an offset', async () => {
+    const out = (await decodeOne(await solid(8, 8, [255, 0, 51]), { size: 2 })) as DecodedImage
+    expect(out.pixels).toBeInstanceOf(Uint8Array)
+    expect(Array.from(out.pixels.subarray(0, 3))).toEqual([255, 0, 51])
+    const batch = new Float32Array(2 * 3 * 4).fill(9)
+    writePixelValues(out.pixels, 2, 2, 1, out.mean, out.std, batch, 12)
+    expect(Array.from(batch.subarray(0, 12))).toEqual(new Array(12).fill(9))
+    expect(Array.from(batch.subarray(12, 16))).toEqual([1, 1, 1, 1])
+    expect(Array.from(batch.subarray(16, 20))).toEqual([-1, -1, -1, -1])
+    expect(batch[20]).toBeCloseTo(-0.6, 5)
+    expect(() => writePixelValues(out.pixels, 2, 2, 1, out.mean, out.std, new Float32Array(5))).toThrow(RangeError)
+  })
+
   it('applies mean and std', async () => {
     const out = (await decodeOne(await solid(8, 8, [255, 255, 255]), { size: 4, mean: [0.25, 0.5, 0.75], std: [0.5, 0.25, 0.125] })) as DecodedImage
-    expect(out.pixel_values[0]).toBeCloseTo(1.5, 5)
-    expect(out.pixel_values[16]).toBeCloseTo(2, 5)
-    expect(out.pixel_values[32]).toBeCloseTo(2, 5)
+    expect(pixelValues(out)[0]).toBeCloseTo(1.5, 5)
+    expect(pixelValues(out)[16]).toBeCloseTo(2, 5)
+    expect(pixelValues(out)[32]).toBeCloseTo(2, 5)
   })
 
   it('flattens alpha onto the background, converts grey, 16-bit and CMYK to 8-bit sRGB', async () => {
     const transparent = await sharp({ create: { width: 8, height: 8, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } }).png().toBuffer()
     const flat = (await decodeOne(transparent, { size: 4, background: [255, 0, 0] })) as DecodedImage
-    expect(flat.pixel_values[0]).toBeCloseTo(1, 5) // red channel = background red
-    expect(flat.pixel_values[16]).toBeCloseTo(-1, 5)
+    expect(pixelValues(flat)[0]).toBeCloseTo(1, 5) // red channel = background red
+    expect(pixelValues(flat)[16]).toBeCloseTo(-1, 5)
     for (const bytes of [await img.greyPng(32, 32, 1), await img.png16(32, 32, 2), await img.cmykJpeg(32, 32, 3), await img.webp(32, 32, 4)]) {
       const out = await decodeOne(bytes, { size: 8 })
       expect(out.kind).toBe('decoded-image')
@@ -92,7 +106,7 @@ describe('decodeImages', () => {
     // A 20x10 white image: contain letterboxes with the background, pad fills the bottom, cover and fill are all white.
     const white = await solid(20, 10, [255, 255, 255])
     const options = { size: 10, background: [0, 0, 0] as [number, number, number] }
-    const at = (d: DecodedImage, x: number, y: number) => d.pixel_values[y * 10 + x]
+    const at = (d: DecodedImage, x: number, y: number) => pixelValues(d)[y * 10 + x]
     const contain = (await decodeOne(white, { ...options, resize: 'contain' })) as DecodedImage
     expect(at(contain, 5, 0)).toBeCloseTo(-1, 1)
     expect(at(contain, 5, 5)).toBeCloseTo(1, 1)
@@ -102,7 +116,7 @@ describe('decodeImages', () => {
     expect(at(pad, 5, 9)).toBeCloseTo(-1, 1)
     for (const resize of ['cover', 'fill'] as const) {
       const d = (await decodeOne(white, { ...options, resize })) as DecodedImage
-      expect(Math.min(...d.pixel_values)).toBeCloseTo(1, 1)
+      expect(Math.min(...pixelValues(d))).toBeCloseTo(1, 1)
     }
   })
 
@@ -145,10 +159,10 @@ describe('decodeImages', () => {
     const clip = { ...imageRow(0, null), frames }
     const [out] = (await collect(of(clip).pipe(decodeImages({ size: 4 })))) as DecodedImage[]
     expect(out).toMatchObject({ kind: 'decoded-image', frames: 3, width: 4, height: 4 })
-    expect(out.pixel_values.length).toBe(3 * 3 * 16)
-    expect(out.pixel_values[0]).toBeCloseTo(1, 5) // frame 0 red
-    expect(out.pixel_values[48 + 16]).toBeCloseTo(1, 5) // frame 1 green
-    expect(out.pixel_values[96 + 32]).toBeCloseTo(1, 5) // frame 2 blue
+    expect(pixelValues(out).length).toBe(3 * 3 * 16)
+    expect(pixelValues(out)[0]).toBeCloseTo(1, 5) // frame 0 red
+    expect(pixelValues(out)[48 + 16]).toBeCloseTo(1, 5) // frame 1 green
+    expect(pixelValues(out)[96 + 32]).toBeCloseTo(1, 5) // frame 2 blue
     const broken = { ...imageRow(1, null), frames: [frames[0], new Uint8Array(0)] }
     const [bad] = (await collect(of(broken).pipe(decodeImages()))) as ErrorRecord[]
     expect(bad).toMatchObject({ kind: 'error', code: 'empty', message: 'empty: frame 1 of 2: the image has 0 bytes' })
