@@ -63,7 +63,7 @@ export function terminalProgress(pipeline: string, stream: NodeJS.WriteStream = 
 export function formatSummary(summary: RunSummary): string {
   const { shards, rows } = summary
   const codes = Object.entries(summary.errorsByCode)
-    .sort(([, a], [, b]) => b - a)
+    .sort(([codeA, a], [codeB, b]) => b - a || codeA.localeCompare(codeB))
     .map(([code, n]) => `${code} ${n}`)
     .join(', ')
   const lines = [
