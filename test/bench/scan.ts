@@ -37,7 +37,10 @@ export async function runScan(input: string, out: string, args: readonly string[
   rmSync(out, { recursive: true, force: true })
   const timeFile = `${out}.time`
   const useTime = existsSync(GNU_TIME)
-  const cliArgs = [CLI, 'scan', input, '-o', out, '--json', ...args]
+  // Run the CLI as its bin runs: with the node flags of its shebang.
+  const shebang = readFileSync(CLI, 'utf8').split('\n', 1)[0]
+  const nodeFlags = shebang.split(/\s+/).filter((word) => word.startsWith('--'))
+  const cliArgs = [...nodeFlags, CLI, 'scan', input, '-o', out, '--json', ...args]
   const [command, commandArgs] = useTime
     ? [GNU_TIME, ['-f', '%M', '-o', timeFile, process.execPath, ...cliArgs]]
     : [process.execPath, cliArgs]
