@@ -20,6 +20,9 @@ import sys
 import time
 from collections import defaultdict
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: the machine is shared
+
 import numpy as np
 import torch
 

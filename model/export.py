@@ -27,6 +27,9 @@ import shutil
 import sys
 import warnings
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: the machine is shared
+
 import numpy as np
 import torch
 import torch.nn as nn

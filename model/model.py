@@ -43,10 +43,12 @@ class EVLMConfig:
     vit_mlp: int = 384              # ViT MLP hidden width
     taps: tuple = (2, 4, 6)         # ViT blocks whose outputs are tapped (1-based); L = len(taps)
     # --- resampler (Perceiver-style, one set of learned queries per tap) ---
-    n_query: int = 8                # Q learned query tokens per tap
+    n_query: int = 16               # Q learned query tokens per tap
     d_visual: int = 128             # D, width of visual tokens
     resampler_heads: int = 4        # heads of the resampler cross-attention
     resampler_mlp: int = 256        # resampler MLP hidden width
+    resampler_prior: float = 1.0    # sigma (in patches) of the learnable spatial attention bias: the Q queries start
+                                    # looking at a sqrt(Q) x sqrt(Q) grid of image regions (0: no bias)
     # --- visual experts (act on visual tokens) ---
     expert_form: str = "evlm"       # "dense": one visual FFN (stages 1-2); "evlm": shared expert + E routed experts, top_k;
                                     # "eve": original FFN + elastic vision FFN, top-1 of 2, no shared expert
@@ -161,6 +163,18 @@ class Block(nn.Module):
 
 # ----------------------------------------------------------------------------- 1. ViT with tapped layers
 
+def sincos_2d(side, dim):
+    """[1, side*side, dim] 2D sine-cosine position embedding (MAE): half the channels encode the row, half the column."""
+    q = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
+    ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij")
+    parts = []
+    for c in (ys.flatten(), xs.flatten()):
+        a = c[:, None] * omega[None, :]
+        parts += [a.sin(), a.cos()]
+    return torch.cat(parts, dim=1)[None]
+
+
 class ViT(nn.Module):
     """pixel_values [B,3,H,W] (normalised) -> taps [B,L,P,Dv]: the outputs of blocks cfg.taps (hierarchical features)."""
 
@@ -176,12 +190,17 @@ class ViT(nn.Module):
             )
         else:
             self.stem = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size)
-        self.pos = nn.Parameter(torch.zeros(1, cfg.n_patches, d))
+        for c in self.stem.modules():  # variance-preserving init, so image content is not dwarfed by positions
+            if isinstance(c, nn.Conv2d):
+                nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
+                nn.init.zeros_(c.bias)
+        self.ln_stem = nn.LayerNorm(d)
+        self.pos = nn.Parameter(sincos_2d(cfg.image_size // cfg.patch_size, d))  # learned, starts as 2D sin-cos
         self.blocks = nn.ModuleList([Block(d, cfg.vit_heads, cfg.vit_mlp) for _ in range(cfg.vit_layers)])
 
     def forward(self, pixel_values):
         x = self.stem(pixel_values)                   # [B,Dv,8,8]
-        x = x.flatten(2).transpose(1, 2) + self.pos   # [B,P,Dv]
+        x = self.ln_stem(x.flatten(2).transpose(1, 2)) + self.pos   # [B,P,Dv]
         taps = []
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -195,9 +214,11 @@ class ViT(nn.Module):
 class PerceiverLayer(nn.Module):
     """Learned queries cross-attend to the patches of one tap (Perceiver-style), then an MLP."""
 
-    def __init__(self, d_kv, d, n_head, mlp_hidden):
+    def __init__(self, d_kv, d, n_head, mlp_hidden, pos_bias=None):
         super().__init__()
         self.n_head = n_head
+        # learnable attention bias [Q,P] added to every head's logits (a spatial prior, see spatial_prior)
+        self.pos_bias = nn.Parameter(pos_bias) if pos_bias is not None else None
         self.ln_x = nn.LayerNorm(d_kv)
         self.ln_q = nn.LayerNorm(d)
         self.q = nn.Linear(d, d)
@@ -211,8 +232,21 @@ class PerceiverLayer(nn.Module):
         q = split_heads(self.q(h), self.n_head)
         k, v = self.kv(self.ln_x(x)).chunk(2, dim=-1)
         k, v = split_heads(k, self.n_head), split_heads(v, self.n_head)  # [B,H,P,dh]
-        lat = lat + self.proj(merge_heads(attend(q, k, v)))
+        lat = lat + self.proj(merge_heads(attend(q, k, v, self.pos_bias)))
         return lat + self.mlp(self.ln_mlp(lat))
+
+
+def spatial_prior(n_query, side, sigma):
+    """[Q,P] attention bias: query q starts focused on cell q of a sqrt(Q) x sqrt(Q) grid over the side x side
+    patches: -d^2 / (2 sigma^2), d the distance (in patches) from the patch to the cell's centre."""
+    g = int(round(math.sqrt(n_query)))
+    assert g * g == n_query, "the spatial prior needs a square number of queries"
+    c = (torch.arange(g, dtype=torch.float32) + 0.5) * side / g                        # cell centres
+    p = torch.arange(side, dtype=torch.float32) + 0.5                                   # patch centres
+    cy, cx = torch.meshgrid(c, c, indexing="ij")
+    py, px = torch.meshgrid(p, p, indexing="ij")
+    d2 = (cy.reshape(-1, 1) - py.reshape(1, -1)) ** 2 + (cx.reshape(-1, 1) - px.reshape(1, -1)) ** 2
+    return -d2 / (2 * sigma ** 2)
 
 
 class Resampler(nn.Module):
@@ -221,8 +255,10 @@ class Resampler(nn.Module):
     def __init__(self, cfg: EVLMConfig):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(cfg.n_taps, cfg.n_query, cfg.d_visual) * 0.02)
+        side = cfg.image_size // cfg.patch_size
+        prior = lambda: spatial_prior(cfg.n_query, side, cfg.resampler_prior) if cfg.resampler_prior > 0 else None
         self.layers = nn.ModuleList([
-            PerceiverLayer(cfg.vit_dim, cfg.d_visual, cfg.resampler_heads, cfg.resampler_mlp)
+            PerceiverLayer(cfg.vit_dim, cfg.d_visual, cfg.resampler_heads, cfg.resampler_mlp, prior())
             for _ in range(cfg.n_taps)])
         self.ln_out = nn.LayerNorm(cfg.d_visual)
 
@@ -501,8 +537,9 @@ class EVLM(nn.Module):
 
     def encode_frames(self, pixel_values):
         """pixel_values [N,3,64,64] (images or flattened frames) -> (refined tokens [N,L,Q,D], aux)."""
-        tokens = self.resampler(self.vit(pixel_values))             # [N,L,Q,D]
-        return self.experts(tokens)
+        taps = self.vit(pixel_values)                               # [N,L,P,Dv]
+        refined, aux = self.experts(self.resampler(taps))           # [N,L,Q,D]
+        return refined, {**aux, "taps": taps}
 
     def encode(self, pixel_values, frame_mask):
         """pixel_values [B,F,3,64,64], frame_mask [B,F] -> cross memory (xattn_k, xattn_v, xattn_mask), aux.
@@ -513,18 +550,21 @@ class EVLM(nn.Module):
         tok, aux = self.encode_frames(pixel_values.reshape(B * Fr, *pixel_values.shape[2:])[valid])
         full = tok.new_zeros(B * Fr, *tok.shape[1:])
         full[valid] = tok
-        return self.memory(full.view(B, Fr, *tok.shape[1:]), frame_mask), aux
+        full = full.view(B, Fr, *tok.shape[1:])                    # [B,F,L,Q,D] refined visual tokens
+        return self.memory(full, frame_mask), {**aux, "visual_tokens": full}  # aux["taps"]: [N valid frames,L,P,Dv]
 
     def param_groups(self):
         """Named parts used by the stage configs to freeze / unfreeze."""
         dec_text = [p for n, p in self.decoder.named_parameters() if ".xattn." not in n]
-        dec_x = [p for n, p in self.decoder.named_parameters() if ".xattn." in n]
+        dec_x = [p for n, p in self.decoder.named_parameters() if ".xattn." in n and not n.endswith("_gate")]
+        gates = [p for n, p in self.decoder.named_parameters() if n.endswith("_gate")]
         return {
             "vit": list(self.vit.parameters()),
             "resampler": list(self.resampler.parameters()),
             "experts": list(self.experts.parameters()),
             "memory": list(self.memory.parameters()),
             "xattn": dec_x,
+            "gates": gates,
             "decoder": dec_text,
         }
 

@@ -20,6 +20,9 @@ import os
 import sys
 import time
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: the machine is shared
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -46,12 +49,17 @@ DEFAULTS = {
     "label_smoothing": 0.0,
     "answer_weight": 1.0,       # loss weight of answer tokens relative to caption tokens
     "lb_coef": 0.01,            # load-balancing loss coefficient (stage 3)
-    "unfreeze": None,           # {"at": fraction of steps, "groups": [...], "lr_mult": x}: light unfreezing
+    "lr_mult": {},              # per parameter group learning-rate multipliers, e.g. {"gates": 10}
+    "adam_eps": 1e-8,
+    "unfreeze": [],             # [{"at": fraction of steps, "groups": [...], "lr_mult": x}]: groups joining later
     "eval_every": 0,
     "eval_rows": 128,
     "images": "train",          # dataset stems under --data
     "video": "video",
     "val_dir": None,            # validation data (relative to --data); stems val / video
+    "gate_push": 0.0,           # during the first gate_push_steps: loss -= gate_push * sum of gates (opens them)
+    "gate_push_steps": 0,
+    "bow_coef": 0.0,            # auxiliary bag-of-words loss on pooled visual tokens (images; stage 2)
     "seed": 0,
 }
 
@@ -190,7 +198,14 @@ def main():
     assert model.cfg.vocab_size == len(vocab)
     for p in model.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(optimizer_groups(model, cfg["train"], cfg), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-8)
+    # Auxiliary head (training only, not exported): the mean visual token of an image predicts which caption
+    # words occur (multi-hot, BCE). It gives the from-scratch ViT a direct signal that does not pass through the
+    # zero-initialised gates; without it the visual tokens collapse to image-independent vectors.
+    bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size) if cfg["bow_coef"] else None
+    groups = [g for name in cfg["train"] for g in optimizer_groups(model, [name], cfg, cfg["lr_mult"].get(name, 1.0))]
+    if bow is not None:
+        groups.append({"params": list(bow.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": "bow"})
+    opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(fh, f"# model {json.dumps(model.cfg.to_dict())}")
     log(fh, f"# params {sum(p.numel() for p in model.parameters())}, trainable {n_train} ({', '.join(cfg['train'])})")
@@ -210,21 +225,22 @@ def main():
 
     model.train()
     t_start = time.time()
+    cpu_start = time.process_time()
     seen = 0
     expert_counts = None
-    unfrozen = False
+    unfreeze = cfg["unfreeze"] if isinstance(cfg["unfreeze"], list) else [cfg["unfreeze"]] if cfg["unfreeze"] else []
+    pending = sorted(unfreeze, key=lambda u: u["at"])
     for step in range(cfg["steps"]):
-        uf = cfg["unfreeze"]
-        if uf and not unfrozen and step >= int(uf["at"] * cfg["steps"]):
-            for g in optimizer_groups(model, uf["groups"], cfg, uf["lr_mult"]):
+        while pending and step >= int(pending[0]["at"] * cfg["steps"]):
+            uf = pending.pop(0)
+            for g in optimizer_groups(model, uf["groups"], cfg, uf.get("lr_mult", 1.0)):
                 opt.add_param_group(g)
-            unfrozen = True
-            log(fh, f"# step {step}: unfreezing {uf['groups']} at lr x{uf['lr_mult']}")
+            log(fh, f"# step {step}: unfreezing {uf['groups']} at lr x{uf.get('lr_mult', 1.0)}")
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
 
-        total, count, parts, aux_loss = 0.0, 0.0, {}, 0.0
+        total, count, parts, aux_loss, extra_loss = 0.0, 0.0, {}, 0.0, 0.0
         for kind, b in (("img", img_b), ("vid", vid_b)):
             if b is None:
                 continue
@@ -237,6 +253,14 @@ def main():
                 px, fm = b.split.frames(idx)
                 (xk, xv, xm), aux = model.encode(px, fm)
                 logits, _, _ = model.decoder.run(x, batch["bias"], None, None, xk, xv, xm)
+                if bow is not None and kind == "img":
+                    words = torch.zeros(len(idx), model.cfg.vocab_size)
+                    for r, i in enumerate(idx):
+                        words[r, vocab.encode(b.split.rows[i]["caption"])] = 1.0
+                    logit = bow(aux["taps"][:, -1]).max(dim=1).values            # [B,V]: max over patches
+                    bow_loss = F.binary_cross_entropy_with_logits(logit, words)
+                    parts["bow"] = bow_loss.item()
+                    extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
                 if "lb_loss" in aux:
                     aux_loss = aux_loss + aux["lb_loss"]
                     c = aux["expert_counts"]
@@ -245,7 +269,13 @@ def main():
             total, count = total + s, count + n
             parts.update({f"{kind}_{k}": v for k, v in p.items()})
             seen += len(idx)
-        loss = total / count + cfg["lb_coef"] * aux_loss
+        loss = total / count + cfg["lb_coef"] * aux_loss + extra_loss
+        if step < cfg["gate_push_steps"]:
+            # Cross-attention gates start at 0, so the stage starts from the unchanged language model. With a
+            # from-scratch vision tower the gates stay trapped at 0 (random cross-attention output only hurts, so
+            # the gate gradient pulls them back, and the cross-attention weights' gradients, proportional to
+            # tanh(gate), flip sign with it). A small push during the first steps opens them at a controlled rate.
+            loss = loss - cfg["gate_push"] * sum(p.sum() for p in model.param_groups()["gates"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg["grad_clip"])
@@ -254,17 +284,22 @@ def main():
         if step % 25 == 0 or step == cfg["steps"] - 1:
             el = time.time() - t_start
             msg = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()},
-                   "lr": round(lr, 6), "gnorm": round(gn.item(), 3), "rows_per_s": round(seen / el, 1), "elapsed_s": round(el, 1)}
+                   "lr": round(lr, 6), "gnorm": round(gn.item(), 3), "rows_per_s": round(seen / el, 1), "elapsed_s": round(el, 1),
+                   "cpu_s": round(time.process_time() - cpu_start, 1)}
             if aux_loss:
                 msg["lb"] = round(float(aux_loss), 4)
+            if stage > 1:
+                msg["gates"] = [round(float(torch.tanh(l.xattn.attn_gate)), 3) for l in model.decoder.layers]
             log(fh, json.dumps(msg))
         if cfg["eval_every"] and val and ((step + 1) % cfg["eval_every"] == 0 or step == cfg["steps"] - 1):
-            te = time.time()
+            te, ce = time.time(), time.process_time()
             res = validate(model, vocab, val, cfg["eval_rows"])
             log(fh, json.dumps({"step": step + 1, "eval": {k: round(v, 4) for k, v in res.items()}, "eval_s": round(time.time() - te, 1)}))
             t_start += time.time() - te  # eval time is not training time
+            cpu_start += time.process_time() - ce
 
-    metrics = {"train_seconds": round(time.time() - t_start, 1), "steps": cfg["steps"], "rows_seen": seen}
+    metrics = {"train_seconds": round(time.time() - t_start, 1), "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
+               "steps": cfg["steps"], "rows_seen": seen}
     if expert_counts is not None:
         metrics["expert_load_train"] = (expert_counts / expert_counts.sum()).tolist()
     model.eval()
