@@ -14,6 +14,7 @@ import { pipelines } from '../../pipelines/index.js'
 import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
 import type { PipelineDefinition } from '../engine/pipeline.js'
 import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../errors.js'
+import { registerEvalCommand } from '../eval/cli.js'
 import { registerQueueCommands } from '../queue/cli.js'
 import { addReadOptions, positiveInt, readConfigFile } from './args.js'
 import { describeShardFile, formatDescription } from './inspect.js'
@@ -159,6 +160,7 @@ export function buildProgram(): Command {
       process.stdout.write(flags.json ? `${JSON.stringify(description, null, 2)}\n` : formatDescription(description))
     })
   registerQueueCommands(program, { resolveConfig })
+  registerEvalCommand(program)
   return program
 }
 
