@@ -15,7 +15,7 @@ import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
 import { acquireFolderLock } from '../src/engine/lock.js'
 import { RunMetrics, type StageSnapshot } from '../src/engine/metrics.js'
-import { configHash, type PipelineDefinition } from '../src/engine/pipeline.js'
+import { configHash, mergeReadColumns, type PipelineDefinition } from '../src/engine/pipeline.js'
 
 export const EVFLOW_VERSION = '0.1.0'
 
@@ -90,12 +90,13 @@ export function runConfig(definition: PipelineDefinition, config: object, option
     idColumn: options.idColumn ?? null,
     keep: options.keep ?? [],
   }
-  const stored = { pipeline: definition.name, [definition.name]: config, read }
-  const hash = configHash({ pipeline: definition.name, config, read }, definition.performanceKeys)
+  const identity = definition.identity?.(config)
+  const stored = { pipeline: definition.name, [definition.name]: config, read, ...(identity ? { identity } : {}) }
+  const hash = configHash({ pipeline: definition.name, config, read, ...(identity ? { identity } : {}) }, definition.performanceKeys)
   // What goes into the output files: only what decides their content, so that the same shard run with
   // other speed settings (concurrency, workers) on another machine gives the same bytes.
   const outputConfig = Object.fromEntries(Object.entries(config).filter(([k]) => !definition.performanceKeys.includes(k)))
-  const output = { pipeline: definition.name, [definition.name]: outputConfig, read }
+  const output = { pipeline: definition.name, [definition.name]: outputConfig, read, ...(identity ? { identity } : {}) }
   return { stored, hash, output }
 }
 
@@ -110,10 +111,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
   const inFlight = new InFlight({ maxRecords: options.maxRecordsInFlight ?? 1024, maxBytes: options.maxBytesInFlight ?? 256 * 1024 * 1024 })
   const metrics = new RunMetrics()
   const readOptions = {
-    ...definition.read(config),
-    ...(options.imageColumn === undefined ? {} : { imageColumn: options.imageColumn }),
-    ...(options.idColumn === undefined ? {} : { idColumn: options.idColumn }),
-    ...(options.keep === undefined ? {} : { keep: options.keep }),
+    ...mergeReadColumns(definition.read(config), options),
     ...(options.rows === undefined ? {} : { rows: options.rows }),
     ...(options.rowGroups === undefined ? {} : { rowGroups: options.rowGroups }),
     ...(options.limit === undefined ? {} : { limit: options.limit }),

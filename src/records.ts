@@ -110,7 +110,7 @@ export interface DecodedImage extends RecordBase {
 }
 
 /** Stable, documented reasons for error rows (the output's `error_code`). */
-export type ErrorCode = ImageDecodeReason | 'shard-read' | 'stage-failed'
+export type ErrorCode = ImageDecodeReason | 'shard-read' | 'stage-failed' | 'missing-question' | 'too-many-frames'
 
 /** A row that failed. It passes around later stages and reaches the sink as an `error` row. */
 export interface ErrorRecord extends RecordBase {
@@ -171,4 +171,89 @@ export function recordBytes(record: { kind: string }): number {
   if (Array.isArray(r.frames)) for (const frame of r.frames as (Uint8Array | null)[]) bytes += frame?.byteLength ?? 0
   if (r.pixels) bytes += r.pixels.byteLength
   return bytes
+}
+
+/**
+ * A row inside a model batch: its key, source, id and kept columns, and its frame count (1 for an image).
+ * The pixels are not kept: once the vision tower has run, only tensors flow on.
+ */
+export interface BatchRow extends RecordBase {
+  readonly kind: 'batch-row'
+  readonly id: unknown
+  /** Frames of the row (1 for an image, F for a clip). */
+  readonly frames: number
+}
+
+/** What every model batch record has: its rows, in batch order. */
+export interface ModelBatch {
+  readonly rows: readonly BatchRow[]
+}
+
+/**
+ * `extractVitFeatures` → the hierarchical ViT features of a batch. Clips contribute one entry per frame
+ * (frames flattened into N, in row order).
+ */
+export interface VitFeatures extends ModelBatch {
+  readonly kind: 'vit-features'
+  /** `taps [N, L, P, Dv]`: the outputs of the tapped ViT blocks, N = Σ rows' frames. */
+  readonly taps: TensorDataLike
+}
+
+/** `resampleTokens` (and `routeToExperts`, `refined` true) → the visual tokens of a batch. */
+export interface VisualTokens extends ModelBatch {
+  readonly kind: 'visual-tokens'
+  /** `visual_tokens [N, L, Q, D]`, N = Σ rows' frames. */
+  readonly visual_tokens: TensorDataLike
+  /** Whether the experts have refined them (`routeToExperts`). */
+  readonly refined: boolean
+}
+
+/** `crossAttend` → the cross-attention memory of a batch, computed once per image or clip. */
+export interface CrossMemory extends ModelBatch {
+  readonly kind: 'cross-memory'
+  /** `xattn_k [B, n_layer, H, M, dh]`, M = F·Q with F the batch's most frames. */
+  readonly xattn_k: TensorDataLike
+  /** `xattn_v [B, n_layer, H, M, dh]` */
+  readonly xattn_v: TensorDataLike
+  /** `xattn_mask [B, M]`: 0 attend, -1e9 for padding frames. */
+  readonly xattn_mask: TensorDataLike
+}
+
+/** One generated text of a row: the prompt (a question, or null for a caption) and the answer. */
+export interface Generation {
+  readonly prompt: string | null
+  readonly text: string
+  /** Generated token ids (end token excluded). */
+  readonly tokens: readonly number[]
+  readonly finish: 'eos' | 'length'
+}
+
+/** `decodeText` → a row's generated texts: one caption, or one answer per question. */
+export interface GeneratedText extends RecordBase {
+  readonly kind: 'generated-text'
+  readonly id: unknown
+  readonly generations: readonly Generation[]
+}
+
+/** A caption is a generated text with the caption prompt. */
+export type Caption = GeneratedText
+
+/** `poolEmbeddings` → a row's embedding: its refined visual tokens averaged, L2-normalised. */
+export interface Embedding extends RecordBase {
+  readonly kind: 'embedding'
+  readonly id: unknown
+  /** `[D]` */
+  readonly embedding: Float32Array
+}
+
+/** A tensor as it crosses threads (see src/model/tensors.ts). */
+export interface TensorDataLike {
+  readonly dtype: 'float32' | 'int64' | 'int32' | 'uint8' | 'bool'
+  readonly dims: readonly number[]
+  readonly data: Float32Array | BigInt64Array | Int32Array | Uint8Array
+}
+
+/** The batch row of a decoded image (its pixels dropped). */
+export function batchRow(record: DecodedImage): BatchRow {
+  return { kind: 'batch-row', key: record.key, source: record.source, kept: record.kept, id: record.id, frames: record.frames }
 }

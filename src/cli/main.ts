@@ -83,10 +83,9 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--verbose', 'print stacks on errors')
   for (const flag of definition.flags) {
     const option = new Option(flag.flags, flag.description)
-    if (flag.parse) {
-      const parse = flag.parse
-      option.argParser((text: string) => parse(text))
-    }
+    const parse = flag.parse ?? ((text: string) => text)
+    if (flag.repeatable) option.argParser((text: string, previous: unknown[] | undefined) => [...(previous ?? []), parse(text)])
+    else if (flag.parse) option.argParser((text: string) => parse(text))
     command.addOption(option)
   }
   command.addHelpText(

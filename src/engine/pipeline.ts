@@ -26,6 +26,8 @@ export interface PipelineFlag {
   readonly key: string
   /** How the flag's text becomes a value. Default: the text. */
   readonly parse?: (text: string) => unknown
+  /** The flag may be given several times; the values form a list. */
+  readonly repeatable?: boolean
 }
 
 export interface PipelineDefinition<C extends object = object, R extends KeyedRecord = KeyedRecord> {
@@ -39,8 +41,10 @@ export interface PipelineDefinition<C extends object = object, R extends KeyedRe
   readonly flags: readonly PipelineFlag[]
   /** Config keys that change speed, not output (left out of the config hash). */
   readonly performanceKeys: readonly string[]
-  /** What `readShards` must read. */
-  readonly read: (config: C) => Pick<ShardColumns, 'requireImage'>
+  /** What `readShards` must read; `keep` adds input columns the stages need (merged with the user's `--keep`). */
+  readonly read: (config: C) => Pick<ShardColumns, 'requireImage' | 'keep'>
+  /** What else decides the output besides the config (e.g. the model's fingerprint), for the config hash. */
+  readonly identity?: (config: C) => Readonly<Record<string, unknown>>
   readonly stages: (config: C, context: StageContext) => OperatorFunction<SourceRecord, R | ErrorRecord | ShardNotice>
   readonly columns: (config: C) => readonly OutputColumn<R>[]
 }
@@ -63,4 +67,18 @@ export function configHash(parts: Record<string, unknown>, performanceKeys: read
   }
   const reduced = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, strip(v)]))
   return createHash('sha256').update(stableJson(reduced)).digest('hex').slice(0, 16)
+}
+
+/** The pipeline's read requirements merged with the user's column options (`keep` lists united). */
+export function mergeReadColumns(
+  required: Pick<ShardColumns, 'requireImage' | 'keep'>,
+  user: Pick<ShardColumns, 'imageColumn' | 'idColumn' | 'keep'>,
+): ShardColumns {
+  const keep = [...new Set([...(user.keep ?? []), ...(required.keep ?? [])])]
+  return {
+    ...(required.requireImage === undefined ? {} : { requireImage: required.requireImage }),
+    ...(user.imageColumn === undefined ? {} : { imageColumn: user.imageColumn }),
+    ...(user.idColumn === undefined ? {} : { idColumn: user.idColumn }),
+    ...(keep.length > 0 ? { keep } : {}),
+  }
 }

@@ -10,7 +10,8 @@ import { Piscina } from 'piscina'
 
 import { InferenceError, PipelineConfigError } from '../errors.js'
 import { buffersOf, type Feeds, type TensorData } from './tensors.js'
-import type { ExecutionProvider, RunResult, RunTask, WorkerFailure } from './worker.js'
+import type { GenerationOptions, GenerationSample, MemoryTensors } from './generate.js'
+import type { ExecutionProvider, GenerateResult, GenerateTask, RouteResult, RouteTask, RunResult, RunTask, SessionSpec, WorkerFailure, WorkerTask } from './worker.js'
 
 export type { ExecutionProvider } from './worker.js'
 
@@ -52,10 +53,7 @@ export class InferencePool {
     this.provider = options.provider ?? 'cpu'
     this.strictProvider = options.strictProvider ?? false
     this.activeProvider = this.provider
-    for (const [field, value] of [['workers', this.workers], ['threads', this.threads]] as const) {
-      if (!Number.isInteger(value) || value < 1 || value > 256) throw new PipelineConfigError(field, `must be an integer in [1, 256], got ${value}`)
-    }
-    if (!['cpu', 'webgpu', 'cuda'].includes(this.provider)) throw new PipelineConfigError('provider', `must be cpu, webgpu or cuda, got ${this.provider}`)
+    InferencePool.validate(options)
     this.onWarning = options.onWarning ?? ((message) => process.stderr.write(`evflow: warning: ${message}\n`))
     this.pool = new Piscina({
       filename: workerFile(),
@@ -67,25 +65,56 @@ export class InferencePool {
     })
   }
 
-  /** Runs graph `path` on `feeds` in some worker; the feeds' buffers are transferred (do not reuse them). */
-  async run(path: string, feeds: Feeds, outputs?: readonly string[]): Promise<{ outputs: Record<string, TensorData>; ms: number }> {
-    if (this.destroyed) throw new InferenceError(path, 'the inference pool is closed')
-    const task: RunTask = {
-      kind: 'run',
-      session: { path, provider: this.provider, strictProvider: this.strictProvider, intraOpNumThreads: this.threads },
-      feeds,
-      ...(outputs ? { outputs } : {}),
-    }
-    let result: RunResult | WorkerFailure
+  private spec(path: string): SessionSpec {
+    return { path, provider: this.provider, strictProvider: this.strictProvider, intraOpNumThreads: this.threads }
+  }
+
+  private async submit<T extends { provider: ExecutionProvider; warning?: string }>(label: string, task: WorkerTask, transferList: ArrayBuffer[]): Promise<T> {
+    if (this.destroyed) throw new InferenceError(label, 'the inference pool is closed')
+    let result: T | WorkerFailure
     try {
-      result = (await this.pool.run(task, { transferList: buffersOf(Object.values(feeds)) })) as RunResult | WorkerFailure
+      result = (await this.pool.run(task, { transferList })) as T | WorkerFailure
     } catch (cause) {
-      throw new InferenceError(path, `inference worker failed: ${(cause as Error).message}`, { cause })
+      throw new InferenceError(label, `inference worker failed: ${(cause as Error).message}`, { cause })
     }
     if ('failed' in result) throw new InferenceError(result.graph, result.message)
     this.activeProvider = result.provider
     if (result.warning) this.onWarning(result.warning)
+    return result
+  }
+
+  /** Throws `PipelineConfigError` naming the first bad option. */
+  static validate(options: InferencePoolOptions): void {
+    for (const [field, value] of [['workers', options.workers], ['threads', options.threads]] as const) {
+      if (value === undefined) continue
+      if (!Number.isInteger(value) || value < 1 || value > 256) throw new PipelineConfigError(field, `must be an integer in [1, 256], got ${value}`)
+    }
+    if (options.provider !== undefined && !['cpu', 'webgpu', 'cuda'].includes(options.provider)) throw new PipelineConfigError('provider', `must be cpu, webgpu or cuda, got ${options.provider}`)
+  }
+
+  /** Runs graph `path` on `feeds` in some worker; the feeds' buffers are transferred (do not reuse them). */
+  async run(path: string, feeds: Feeds, outputs?: readonly string[]): Promise<{ outputs: Record<string, TensorData>; ms: number }> {
+    const task: RunTask = { kind: 'run', session: this.spec(path), feeds, ...(outputs ? { outputs } : {}) }
+    const result = await this.submit<RunResult>(path, task, buffersOf(Object.values(feeds)))
     return { outputs: result.outputs, ms: result.ms }
+  }
+
+  /** Router then experts on `tokens [N, D]` in one worker message (one sparse dispatch); `tokens` is transferred. */
+  async route(routerPath: string, expertsPath: string, tokens: TensorData, topK: number): Promise<RouteResult> {
+    const task: RouteTask = { kind: 'route', router: this.spec(routerPath), experts: this.spec(expertsPath), tokens, topK }
+    return this.submit<RouteResult>(routerPath, task, buffersOf([tokens]))
+  }
+
+  /** The whole generation loop of a batch in one worker message; the memory's buffers are transferred. */
+  async generate(
+    decoderPath: string,
+    memory: MemoryTensors,
+    samples: readonly GenerationSample[],
+    options: GenerationOptions,
+    cacheShape: GenerateTask['cacheShape'],
+  ): Promise<GenerateResult> {
+    const task: GenerateTask = { kind: 'generate', decoder: this.spec(decoderPath), memory, samples, options, cacheShape }
+    return this.submit<GenerateResult>(decoderPath, task, buffersOf([memory.xattn_k, memory.xattn_v, memory.xattn_mask]))
   }
 
   /** Releases every session and stops the workers. Idempotent. */

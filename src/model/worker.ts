@@ -7,6 +7,8 @@
 import * as ort from 'onnxruntime-node'
 import { move, transferableSymbol, valueSymbol } from 'piscina'
 
+import { dispatchToExperts } from './experts.js'
+import { generate, type GenerationOptions, type GenerationSample, type GenerationStats, type GeneratedSequence, type MemoryTensors } from './generate.js'
 import { buffersOf, describeTensor, type Feeds, type TensorData } from './tensors.js'
 
 export type ExecutionProvider = 'cpu' | 'webgpu' | 'cuda'
@@ -26,6 +28,43 @@ export interface RunTask {
   /** Outputs to fetch; default all. */
   readonly outputs?: readonly string[]
 }
+
+/** Router + experts on `tokens [N, D]`: one sparse dispatch (see experts.ts). */
+export interface RouteTask {
+  readonly kind: 'route'
+  readonly router: SessionSpec
+  readonly experts: SessionSpec
+  readonly tokens: TensorData
+  readonly topK: number
+}
+
+export interface RouteResult {
+  readonly refined: TensorData
+  readonly load: number[]
+  readonly provider: ExecutionProvider
+  readonly warning?: string
+  readonly ms: number
+}
+
+/** The whole generation loop of a batch (see generate.ts): one message per batch, not per token. */
+export interface GenerateTask {
+  readonly kind: 'generate'
+  readonly decoder: SessionSpec
+  readonly memory: MemoryTensors
+  readonly samples: readonly GenerationSample[]
+  readonly options: GenerationOptions
+  readonly cacheShape: { nLayer: number; heads: number; headDim: number }
+}
+
+export interface GenerateResult {
+  readonly sequences: GeneratedSequence[]
+  readonly stats: GenerationStats
+  readonly provider: ExecutionProvider
+  readonly warning?: string
+  readonly ms: number
+}
+
+export type WorkerTask = RunTask | RouteTask | GenerateTask | { kind: 'release' }
 
 export interface RunResult {
   readonly outputs: Record<string, TensorData>
@@ -100,39 +139,102 @@ function checkFeeds(session: ort.InferenceSession, feeds: Feeds): string | undef
   return problems.length > 0 ? problems.join('; ') : undefined
 }
 
-export async function runGraph(task: RunTask): Promise<RunResult | WorkerFailure> {
-  const started = performance.now()
-  const key = keyOf(task.session)
+/** A failure that names its graph. */
+class GraphFailure extends Error {
+  constructor(
+    readonly graph: string,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+async function session(spec: SessionSpec): Promise<OpenSession> {
+  const key = keyOf(spec)
   let opening = sessions.get(key)
   if (!opening) {
-    opening = openSession(task.session)
+    opening = openSession(spec)
     sessions.set(key, opening)
   }
-  let open: OpenSession
   try {
-    open = await opening
+    return await opening
   } catch (error) {
     sessions.delete(key)
-    return { failed: true, graph: task.session.path, message: `cannot create a session: ${firstLine(error)}` }
+    throw new GraphFailure(spec.path, `cannot create a session: ${firstLine(error)}`)
   }
-  const problem = checkFeeds(open.session, task.feeds)
-  const described = Object.entries(task.feeds).map(([name, t]) => describeTensor(name, t)).join(', ')
-  if (problem) return { failed: true, graph: task.session.path, message: `${problem} (feeds: ${described})` }
+}
+
+/** Runs one graph; throws `GraphFailure` with the feeds described. */
+async function runSession(spec: SessionSpec, input: Feeds, outputNames?: readonly string[]): Promise<{ outputs: Record<string, TensorData>; open: OpenSession }> {
+  const open = await session(spec)
+  const problem = checkFeeds(open.session, input)
+  const described = () => Object.entries(input).map(([name, t]) => describeTensor(name, t)).join(', ')
+  if (problem) throw new GraphFailure(spec.path, `${problem} (feeds: ${described()})`)
   const feeds: Record<string, ort.Tensor> = {}
-  for (const [name, t] of Object.entries(task.feeds)) feeds[name] = new ort.Tensor(t.dtype, t.data, [...t.dims])
+  for (const [name, t] of Object.entries(input)) feeds[name] = new ort.Tensor(t.dtype, t.data, [...t.dims])
   let results: ort.InferenceSession.ReturnType
   try {
-    results = task.outputs ? await open.session.run(feeds, [...task.outputs]) : await open.session.run(feeds)
+    results = outputNames ? await open.session.run(feeds, [...outputNames]) : await open.session.run(feeds)
   } catch (error) {
-    return { failed: true, graph: task.session.path, message: `run failed: ${firstLine(error)} (feeds: ${described})` }
+    throw new GraphFailure(spec.path, `run failed: ${firstLine(error)} (feeds: ${described()})`)
   }
   const outputs: Record<string, TensorData> = {}
   for (const [name, value] of Object.entries(results)) {
     outputs[name] = { dtype: value.type as TensorData['dtype'], dims: [...value.dims], data: value.data as TensorData['data'] }
   }
+  return { outputs, open }
+}
+
+function takeWarning(open: OpenSession): { warning?: string } {
   const warning = open.warning
   open.warning = undefined
-  return { outputs, provider: open.provider, ...(warning ? { warning } : {}), ms: performance.now() - started }
+  return warning ? { warning } : {}
+}
+
+function failure(error: unknown, fallbackGraph: string): WorkerFailure {
+  if (error instanceof GraphFailure) return { failed: true, graph: error.graph, message: error.message }
+  return { failed: true, graph: fallbackGraph, message: firstLine(error) }
+}
+
+export async function runGraph(task: RunTask): Promise<RunResult | WorkerFailure> {
+  const started = performance.now()
+  try {
+    const { outputs, open } = await runSession(task.session, task.feeds, task.outputs)
+    return { outputs, provider: open.provider, ...takeWarning(open), ms: performance.now() - started }
+  } catch (error) {
+    return failure(error, task.session.path)
+  }
+}
+
+export async function routeTokensTask(task: RouteTask): Promise<RouteResult | WorkerFailure> {
+  const started = performance.now()
+  try {
+    const specs = { router: task.router, experts: task.experts }
+    let last: OpenSession | undefined
+    const result = await dispatchToExperts(task.tokens, task.topK, async (graph, feeds) => {
+      const { outputs, open } = await runSession(specs[graph], feeds)
+      last = open
+      return outputs
+    })
+    return { ...result, provider: last?.provider ?? task.router.provider, ...(last ? takeWarning(last) : {}), ms: performance.now() - started }
+  } catch (error) {
+    return failure(error, task.router.path)
+  }
+}
+
+export async function generateTask(task: GenerateTask): Promise<GenerateResult | WorkerFailure> {
+  const started = performance.now()
+  try {
+    let last: OpenSession | undefined
+    const { sequences, stats } = await generate(task.memory, task.samples, task.options, async (feeds) => {
+      const { outputs, open } = await runSession(task.decoder, feeds, ['logits', 'present_k', 'present_v'])
+      last = open
+      return { logits: outputs.logits, present_k: outputs.present_k, present_v: outputs.present_v }
+    }, task.cacheShape)
+    return { sequences, stats, provider: last?.provider ?? task.decoder.provider, ...(last ? takeWarning(last) : {}), ms: performance.now() - started }
+  } catch (error) {
+    return failure(error, task.decoder.path)
+  }
 }
 
 /** Releases every session of this worker. */
@@ -149,13 +251,23 @@ export async function releaseAll(): Promise<void> {
 }
 
 /** The piscina entry point. */
-export default async function handle(task: RunTask | { kind: 'release' }): Promise<unknown> {
-  if (task.kind === 'release') {
-    await releaseAll()
-    return { released: true }
+export default async function handle(task: WorkerTask): Promise<unknown> {
+  switch (task.kind) {
+    case 'release':
+      await releaseAll()
+      return { released: true }
+    case 'route': {
+      const result = await routeTokensTask(task)
+      if ('failed' in result) return result
+      return move({ [transferableSymbol]: buffersOf([result.refined]), [valueSymbol]: result } as never)
+    }
+    case 'generate':
+      return generateTask(task)
+    case 'run': {
+      const result = await runGraph(task)
+      if ('failed' in result) return result
+      // Transfer the output buffers to the main thread instead of copying them.
+      return move({ [transferableSymbol]: buffersOf(Object.values(result.outputs)), [valueSymbol]: result } as never)
+    }
   }
-  const result = await runGraph(task)
-  if ('failed' in result) return result
-  // Transfer the output buffers to the main thread instead of copying them.
-  return move({ [transferableSymbol]: buffersOf(Object.values(result.outputs)), [valueSymbol]: result } as never)
 }

@@ -7,7 +7,7 @@ import { concatMap, map, pipe, timer } from 'rxjs'
 
 import { pipelines as registry } from '../../pipelines/index.js'
 import { runConfig, runPipeline, type RunOptions } from '../../pipelines/run.js'
-import type { PipelineDefinition } from '../engine/pipeline.js'
+import { mergeReadColumns, type PipelineDefinition } from '../engine/pipeline.js'
 import { PipelineConfigError, ShardReadError, ShardWriteError } from '../errors.js'
 import { planShards, type PlannedShard } from '../parquet/shards.js'
 import type { KeyedRecord } from '../records.js'
@@ -71,8 +71,7 @@ export async function resolveShardJob(
     throw new PipelineConfigError('configHash', `this worker computes ${hash} for the job's config, the job says ${data.configHash}: are submit and worker the same evflow version?`)
   }
   const [planned] = await planShards([data.input], {
-    ...definition.read(config),
-    ...read,
+    ...mergeReadColumns(definition.read(config), read),
     ...(data.rows === null ? {} : { rows: data.rows }),
   })
   if (!planned.plan.ok) throw planned.plan.error

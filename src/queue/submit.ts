@@ -8,7 +8,7 @@ import { resolve } from 'node:path'
 import { Queue, type Job } from 'bullmq'
 
 import { runConfig, type RunOptions } from '../../pipelines/run.js'
-import type { PipelineDefinition } from '../engine/pipeline.js'
+import { mergeReadColumns, type PipelineDefinition } from '../engine/pipeline.js'
 import { PipelineConfigError, QueueError, describeError } from '../errors.js'
 import { ensureLayout, outputLayout } from '../parquet/commit.js'
 import { openParquet, rowGroupRanges } from '../parquet/file.js'
@@ -71,8 +71,7 @@ export async function planJobs(options: Omit<SubmitOptions, 'address'>): Promise
   const { hash } = runConfig(definition, config, { inputs: options.inputs, outDir, ...columns })
   const run = runId(outDir, definition.name, hash)
   const planned = await planShards(options.inputs, {
-    ...definition.read(config),
-    ...columns,
+    ...mergeReadColumns(definition.read(config), columns),
     ...(read.rows === undefined ? {} : { rows: read.rows }),
     ...(read.rowGroups === undefined ? {} : { rowGroups: read.rowGroups }),
     ...(read.limit === undefined ? {} : { limit: read.limit }),
@@ -103,7 +102,7 @@ export async function planJobs(options: Omit<SubmitOptions, 'address'>): Promise
     }
     for (const [start, end] of await splitByRowGroups(info.path, info.rowStart, info.rowEnd, options.maxRowsPerJob)) {
       // Plan the range as a worker will, for its fingerprint.
-      const [part] = await planShards([info.path], { ...definition.read(config), ...columns, rows: [start, end] })
+      const [part] = await planShards([info.path], { ...mergeReadColumns(definition.read(config), columns), rows: [start, end] })
       const name = `${baseNames[info.index]}.rows-${start}-${end}`
       if (!part.plan.ok) {
         unreadable.push({ shard: name, input: info.path, error: part.plan.error.message })

@@ -1,0 +1,68 @@
+import type { OperatorFunction } from 'rxjs'
+
+import { stackPixelValues } from '../src/model/batch.js'
+import type { VisionLanguageModel } from '../src/model/runtime.js'
+import { batchRow, toErrorRecord, type DecodedImage, type ErrorRecord, type VitFeatures } from '../src/records.js'
+import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
+
+export interface ExtractVitFeaturesOptions extends ModelStageOptions {
+  /** The model (shared by the model operators of a pipeline). */
+  model: VisionLanguageModel
+}
+
+type Input = readonly { kind: string }[] | DecodedImage
+
+const isInput = (record: { kind?: string } | readonly unknown[]): record is Input =>
+  Array.isArray(record) || (record as { kind?: string }).kind === 'decoded-image'
+
+/**
+ * Runs the vision tower (`vit.onnx`) on batches of decoded images and clips: `pixel_values [N, 3, H, W]`
+ * (clips' frames flattened into N) → `taps [N, L, P, Dv]`, the outputs of the tapped ViT blocks (the
+ * hierarchical features).
+ *
+ * In → out: a batch from `batchRecords` (or a single `DecodedImage`, as a batch of one) → one
+ * `VitFeatures`; the batch's other members (error rows, shard notices) pass on first, untouched.
+ * Errors: a row decoded at the wrong size, or a clip with more frames than the model's `max_frames`,
+ * becomes an error row; a failing run turns the batch's rows into error rows (`stage-failed`).
+ *
+ * @example
+ * decoded$.pipe(batchRecords({ maxSize: 32 }), extractVitFeatures({ model }))
+ */
+export function extractVitFeatures<T extends { kind: string }>(
+  options: ExtractVitFeaturesOptions,
+): OperatorFunction<T | readonly T[], Exclude<T, DecodedImage> | VitFeatures | ErrorRecord> {
+  const { model } = options
+  const stage = 'extractVitFeatures'
+  const members = (input: Input): readonly { kind: string }[] => (Array.isArray(input) ? input : [input as DecodedImage])
+  return modelStage<Input>(
+    stage,
+    model,
+    (record) => isInput(record as Input),
+    (input) => members(input).filter((r): r is DecodedImage => r.kind === 'decoded-image'),
+    async (input) => {
+      const { dims } = model.manifest
+      const out: unknown[] = []
+      const images: DecodedImage[] = []
+      for (const member of members(input)) {
+        if (member.kind !== 'decoded-image') {
+          out.push(member)
+          continue
+        }
+        const image = member as DecodedImage
+        if (image.width !== dims.image_size || image.height !== dims.image_size) {
+          out.push(toErrorRecord(image, stage, 'stage-failed', `decoded at ${image.width}x${image.height}; the model takes ${dims.image_size}x${dims.image_size} (decodeImages({ size: ${dims.image_size} }))`))
+        } else if (image.frames > dims.max_frames) {
+          out.push(toErrorRecord(image, stage, 'too-many-frames', `a clip of ${image.frames} frames; the model takes at most ${dims.max_frames}`))
+        } else images.push(image)
+      }
+      if (images.length > 0) {
+        const { pixel_values } = stackPixelValues(images)
+        const { outputs } = await model.pool().run(model.graph('vit'), { pixel_values })
+        const features: VitFeatures = { kind: 'vit-features', rows: images.map(batchRow), taps: outputs.taps }
+        out.push(features)
+      }
+      return out
+    },
+    options,
+  ) as OperatorFunction<T | readonly T[], Exclude<T, DecodedImage> | VitFeatures | ErrorRecord>
+}

@@ -1,0 +1,36 @@
+import type { OperatorFunction } from 'rxjs'
+
+import type { VisionLanguageModel } from '../src/model/runtime.js'
+import type { ErrorRecord, VisualTokens, VitFeatures } from '../src/records.js'
+import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
+
+export interface ResampleTokensOptions extends ModelStageOptions {
+  model: VisionLanguageModel
+}
+
+/**
+ * Turns each frame's tapped ViT features into a few learned visual tokens (`resampler.onnx`: per tap, Q
+ * learnable queries cross-attend to that tap's P patches, Perceiver-style): `taps [N, L, P, Dv]` →
+ * `visual_tokens [N, L, Q, D]`, the papers' learnable image tokens.
+ *
+ * In → out: `VitFeatures` → `VisualTokens` (`refined` false), 1 → 1; everything else passes through.
+ * Errors: a failing run turns the batch's rows into error rows (`stage-failed`).
+ *
+ * @example
+ * features$.pipe(resampleTokens({ model }))
+ */
+export function resampleTokens<T extends { kind: string }>(options: ResampleTokensOptions): OperatorFunction<T, Exclude<T, VitFeatures> | VisualTokens | ErrorRecord> {
+  const { model } = options
+  return modelStage<VitFeatures>(
+    'resampleTokens',
+    model,
+    (record) => (record as { kind: string }).kind === 'vit-features',
+    (batch) => batch.rows,
+    async (batch) => {
+      const { outputs } = await model.pool().run(model.graph('resampler'), { taps: batch.taps })
+      const tokens: VisualTokens = { kind: 'visual-tokens', rows: batch.rows, visual_tokens: outputs.visual_tokens, refined: false }
+      return [tokens]
+    },
+    options,
+  ) as OperatorFunction<T, Exclude<T, VitFeatures> | VisualTokens | ErrorRecord>
+}

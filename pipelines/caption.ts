@@ -1,0 +1,67 @@
+import { pipe } from 'rxjs'
+import { z } from 'zod'
+
+import { crossAttend } from '../operators/cross-attend.js'
+import { decodeText } from '../operators/decode-text.js'
+import type { PipelineDefinition } from '../src/engine/pipeline.js'
+import type { Caption, ErrorRecord, ShardNotice, VisualTokens, CrossMemory } from '../src/records.js'
+import {
+  MODEL_PERFORMANCE_KEYS,
+  generationDefaults,
+  generationFlags,
+  generationShape,
+  modelConfigShape,
+  modelDefaults,
+  modelFlags,
+  modelIdentity,
+  openModel,
+  visionStages,
+} from './model-stages.js'
+
+export const captionConfigSchema = z.strictObject({ ...modelConfigShape, ...generationShape })
+
+export type CaptionConfig = z.infer<typeof captionConfigSchema>
+
+export const captionDefaults: CaptionConfig = Object.freeze({ ...modelDefaults(), ...generationDefaults })
+
+function captionDefinition(name: string, summary: string): PipelineDefinition<CaptionConfig, Caption> {
+  return {
+    name,
+    summary,
+    defaults: captionDefaults,
+    schema: captionConfigSchema,
+    flags: [...modelFlags, ...generationFlags],
+    performanceKeys: MODEL_PERFORMANCE_KEYS,
+    read: () => ({ requireImage: true }),
+    identity: modelIdentity,
+    stages: (config, context) => {
+      const model = openModel(config)
+      const { metrics } = context
+      return pipe(
+        visionStages(config, model, context),
+        crossAttend<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
+        decodeText<CrossMemory | ErrorRecord | ShardNotice>({
+          model,
+          metrics,
+          maxNewTokens: config.maxNewTokens,
+          beams: config.beams,
+          slots: config.slots,
+          continuous: config.continuous,
+        }),
+      )
+    },
+    columns: () => [{ name: 'caption', type: 'STRING', value: (r) => r.generations[0].text }],
+  }
+}
+
+/**
+ * `caption`: one caption per image (or clip) with the model (default: the bundled evlm-tiny): decode →
+ * batch → ViT taps → resampler → experts → cross-attention memory → greedy (or beam) decoding.
+ */
+export const captionPipeline = captionDefinition('caption', 'caption every image (or clip) with a vision-language model')
+
+/**
+ * `video-caption`: the same chain on a frames column (`list<binary>`, one encoded image per frame): the
+ * frames of a clip run through the vision stages in one batch and the decoder attends to all of them.
+ */
+export const videoCaptionPipeline = captionDefinition('video-caption', 'caption every clip of a frames column (list<binary>) with a vision-language model')

@@ -1,0 +1,88 @@
+import { pipe } from 'rxjs'
+import { z } from 'zod'
+
+import { crossAttend } from '../operators/cross-attend.js'
+import { decodeText } from '../operators/decode-text.js'
+import type { PipelineDefinition } from '../src/engine/pipeline.js'
+import type { OutputColumn } from '../src/parquet/output-schema.js'
+import type { CrossMemory, ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
+import {
+  MODEL_PERFORMANCE_KEYS,
+  generationDefaults,
+  generationFlags,
+  generationShape,
+  modelConfigShape,
+  modelDefaults,
+  modelFlags,
+  modelIdentity,
+  openModel,
+  visionStages,
+} from './model-stages.js'
+
+export const vqaConfigSchema = z.strictObject({
+  ...modelConfigShape,
+  ...generationShape,
+  /** Input column holding each row's question (used when `questions` is empty). */
+  questionColumn: z.string().min(1),
+  /** Fixed questions asked of every image (one vision pass serves them all). */
+  questions: z.array(z.string().min(1)),
+})
+
+export type VqaConfig = z.infer<typeof vqaConfigSchema>
+
+export const vqaDefaults: VqaConfig = Object.freeze({ ...modelDefaults(), ...generationDefaults, maxNewTokens: 8, questionColumn: 'question', questions: [] })
+
+/**
+ * `vqa`: answers a question about each image: the row's question column (default `question`, kept in the
+ * output), or fixed `--question`s asked of every image, whose memory is computed once and shared by all
+ * of them. A row without a question becomes a `missing-question` error row.
+ * Output: `answer`; with several fixed questions, `questions` and `answers` (JSON lists, aligned).
+ */
+export const vqaPipeline: PipelineDefinition<VqaConfig, GeneratedText> = {
+  name: 'vqa',
+  summary: 'answer a question about every image (a question column, or fixed --question texts)',
+  defaults: vqaDefaults,
+  schema: vqaConfigSchema,
+  flags: [
+    ...modelFlags,
+    ...generationFlags,
+    { flags: '--question-column <name>', description: 'input column with the question (default question)', key: 'questionColumn' },
+    { flags: '--question <text>', description: 'ask this of every image (repeat for several; overrides the column)', key: 'questions', repeatable: true },
+  ],
+  performanceKeys: MODEL_PERFORMANCE_KEYS,
+  read: (config) => ({ requireImage: true, ...(config.questions.length === 0 ? { keep: [config.questionColumn] } : {}) }),
+  identity: modelIdentity,
+  stages: (config, context) => {
+    const model = openModel(config)
+    const { metrics } = context
+    const fixed = config.questions
+    return pipe(
+      visionStages(config, model, context),
+      crossAttend<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
+      decodeText<CrossMemory | ErrorRecord | ShardNotice>({
+        model,
+        metrics,
+        questions: fixed.length > 0 ? () => fixed : (row) => {
+          const value = row.kept[config.questionColumn]
+          return typeof value === 'string' ? value : null
+        },
+        maxNewTokens: config.maxNewTokens,
+        beams: config.beams,
+        slots: config.slots,
+        continuous: config.continuous,
+      }),
+    )
+  },
+  columns: (config): OutputColumn<GeneratedText>[] =>
+    config.questions.length > 1
+      ? [
+          { name: 'questions', type: 'JSON', value: (r) => r.generations.map((g) => g.prompt) },
+          { name: 'answers', type: 'JSON', value: (r) => r.generations.map((g) => g.text) },
+        ]
+      : config.questions.length === 1
+        ? [
+            { name: 'question', type: 'STRING', value: (r) => r.generations[0].prompt },
+            { name: 'answer', type: 'STRING', value: (r) => r.generations[0].text },
+          ]
+        : [{ name: 'answer', type: 'STRING', value: (r) => r.generations[0].text }],
+}
