@@ -140,10 +140,19 @@ export class InferenceError extends EvflowError {
   constructor(
     readonly graph: string,
     message: string,
-    options?: EvflowErrorOptions,
+    options?: EvflowErrorOptions & {
+      /**
+       * The model cannot run at all (a session cannot be created: a missing or corrupt graph, an execution
+       * provider that cannot start under `--strict-provider`): the run stops instead of failing every row.
+       */
+      fatal?: boolean
+    },
   ) {
     super(`${graph}: ${message}`, options)
+    this.fatal = options?.fatal ?? false
   }
+
+  readonly fatal: boolean
 }
 
 /** The run was interrupted (Ctrl-C / SIGTERM); shards in progress were not committed. */

@@ -8,7 +8,7 @@
 import { Observable, mergeMap, type OperatorFunction } from 'rxjs'
 
 import type { RunMetrics, StageMetrics } from '../../src/engine/metrics.js'
-import { describeError } from '../../src/errors.js'
+import { InferenceError, ModelManifestError, describeError } from '../../src/errors.js'
 import type { VisionLanguageModel } from '../../src/model/runtime.js'
 import { toErrorRecord, type ErrorRecord, type KeyedRecord } from '../../src/records.js'
 import { mapRecords, validateConcurrency } from './map-records.js'
@@ -40,33 +40,35 @@ export function modelStage<In>(
   const concurrency = options.concurrency ?? model.workers + 1
   validateConcurrency(concurrency)
   const metrics = options.metrics?.stage(stage)
-  const run = async (batch: In): Promise<Many<unknown>> => {
-    const rows = rowsOf(batch)
-    metrics?.in(rows.length)
-    const began = performance.now()
-    let items: readonly unknown[]
-    try {
-      await model.load()
-      items = await fn(batch, metrics)
-    } catch (error) {
-      const message = describeError(error)
-      items = rows.map((row): ErrorRecord => toErrorRecord(row, stage, 'stage-failed', message))
-      if (metrics) metrics.errors += rows.length
-    }
-    if (metrics) {
-      metrics.busy(performance.now() - began)
-      metrics.batches += 1
-      metrics.out(rows.length)
-    }
-    return { kind: 'evflow:many', items }
-  }
   type Any = { kind: string } & KeyedRecord
   return (source) =>
     new Observable<unknown>((subscriber) => {
       model.acquire()
+      const run = async (batch: In, fail: (error: unknown) => void): Promise<Many<unknown>> => {
+        const rows = rowsOf(batch)
+        metrics?.in(rows.length)
+        const began = performance.now()
+        let items: readonly unknown[]
+        try {
+          await model.load()
+          items = await fn(batch, metrics)
+        } catch (error) {
+          // A model that cannot run at all (no session) stops the run; anything else fails this batch's rows.
+          if (error instanceof ModelManifestError || (error instanceof InferenceError && error.fatal)) fail(error)
+          const message = describeError(error)
+          items = rows.map((row): ErrorRecord => toErrorRecord(row, stage, 'stage-failed', message))
+          if (metrics) metrics.errors += rows.length
+        }
+        if (metrics) {
+          metrics.busy(performance.now() - began)
+          metrics.batches += 1
+          metrics.out(rows.length)
+        }
+        return { kind: 'evflow:many', items }
+      }
       const subscription = (source as Observable<Any>)
         .pipe(
-          mapRecords<Any, Any, Many<unknown>>(isInput as (r: Any) => r is Any, (batch) => run(batch as unknown as In), { concurrency, ordered: true, stage }),
+          mapRecords<Any, Any, Many<unknown>>(isInput as (r: Any) => r is Any, (batch) => run(batch as unknown as In, (error) => subscriber.error(error)), { concurrency, ordered: true, stage }),
           mergeMap((item) => (item.kind === 'evflow:many' ? (item as Many<unknown>).items : [item])),
         )
         .subscribe(subscriber)

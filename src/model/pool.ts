@@ -77,7 +77,7 @@ export class InferencePool {
     } catch (cause) {
       throw new InferenceError(label, `inference worker failed: ${(cause as Error).message}`, { cause })
     }
-    if ('failed' in result) throw new InferenceError(result.graph, result.message)
+    if ('failed' in result) throw new InferenceError(result.graph, result.message, { fatal: result.fatal ?? false })
     this.activeProvider = result.provider
     if (result.warning) this.onWarning(result.warning)
     return result

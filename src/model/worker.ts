@@ -80,6 +80,8 @@ export interface WorkerFailure {
   readonly failed: true
   readonly graph: string
   readonly message: string
+  /** No session could be created: nothing of this graph can run. */
+  readonly fatal?: boolean
 }
 
 interface OpenSession {
@@ -144,6 +146,7 @@ class GraphFailure extends Error {
   constructor(
     readonly graph: string,
     message: string,
+    readonly fatal = false,
   ) {
     super(message)
   }
@@ -160,7 +163,7 @@ async function session(spec: SessionSpec): Promise<OpenSession> {
     return await opening
   } catch (error) {
     sessions.delete(key)
-    throw new GraphFailure(spec.path, `cannot create a session: ${firstLine(error)}`)
+    throw new GraphFailure(spec.path, `cannot create a session: ${firstLine(error)}`, true)
   }
 }
 
@@ -192,7 +195,7 @@ function takeWarning(open: OpenSession): { warning?: string } {
 }
 
 function failure(error: unknown, fallbackGraph: string): WorkerFailure {
-  if (error instanceof GraphFailure) return { failed: true, graph: error.graph, message: error.message }
+  if (error instanceof GraphFailure) return { failed: true, graph: error.graph, message: error.message, ...(error.fatal ? { fatal: true } : {}) }
   return { failed: true, graph: fallbackGraph, message: firstLine(error) }
 }
 

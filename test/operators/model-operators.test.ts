@@ -188,32 +188,36 @@ describe.skipIf(!HAVE)('model operators on the reference model', () => {
       expect(model.active).toBe(false)
     })
 
-    it('the stage throws (a broken graph): every row of the batch becomes a stage-failed error row', async () => {
+    it('the stage throws: every row of the batch becomes a stage-failed error row; a graph that cannot load stops the stream', async () => {
       const model = open(1)
       await model.load()
       const image = await firstImage()
       const decoded = await lastValueFrom(of(imageRow(0, image), imageRow(1, image)).pipe(decodeImages({ size: 64, ordered: true }), toArray()))
       const original = model.package
-      const broken = { ...original, graphPath: (g: string) => (g === 'resampler' ? join(SCENES, 'vocab.txt') : original.graphPath(g)) }
-      Object.defineProperty(model, 'pkg', { value: broken })
+      const swap = (file: string) => Object.defineProperty(model, 'pkg', { value: { ...original, graphPath: (g: string) => (g === 'resampler' ? file : original.graphPath(g)) } })
+      swap(fileURLToPath(new URL('../../fixtures/onnx/tiny-linear.onnx', import.meta.url))) // a valid graph with other inputs
       const out = await lastValueFrom(of(decoded).pipe(extractVitFeatures({ model }), resampleTokens({ model }), toArray()))
       expect(out.map((r) => [(r as ErrorRecord).kind, (r as ErrorRecord).code, (r as ErrorRecord).stage])).toEqual([
         ['error', 'stage-failed', 'resampleTokens'],
         ['error', 'stage-failed', 'resampleTokens'],
       ])
-      expect((out[0] as ErrorRecord).message).toMatch(/session|protobuf|load/i)
+      expect((out[0] as ErrorRecord).message).toMatch(/unknown input taps/)
+      swap(join(SCENES, 'vocab.txt')) // not a graph: no session can be created
+      await expect(lastValueFrom(of(decoded).pipe(extractVitFeatures({ model }), resampleTokens({ model }), toArray()))).rejects.toThrow(/cannot create a session/)
+      await model.closed()
+      expect(model.active).toBe(false)
     })
 
     it('early unsubscribe: the worker pool and its sessions are released', async () => {
       const model = open(1)
       const image = await firstImage()
       const decoded = await lastValueFrom(of(imageRow(0, image)).pipe(decodeImages({ size: 64 }), toArray()))
-      const input = new Subject<DecodedImage[]>()
+      const input = new Subject<(DecodedImage | ErrorRecord)[]>()
       const [a, b, c, d, e] = chain(model)
       const seen: unknown[] = []
       const subscription = input.pipe(a, b, c, d, e).subscribe((r) => seen.push(r))
       input.next(decoded)
-      await new Promise((resolve) => setTimeout(resolve, 50))
+      for (let i = 0; i < 200 && !model.active; i++) await new Promise((resolve) => setTimeout(resolve, 25))
       expect(model.active).toBe(true)
       subscription.unsubscribe()
       await model.closed()
