@@ -25,13 +25,29 @@ export interface PlannedColumn {
   readonly convert: (value: unknown) => unknown
 }
 
-function jsonText(value: unknown): string | null {
+/**
+ * A value for a JSON column. hyparquet-writer serialises JSON columns itself (`JSON.stringify`), so this
+ * returns a JSON-ready value, not text: bigints become numbers (strings when unsafe), bytes base64.
+ */
+function jsonValue(value: unknown): unknown {
   if (value === null || value === undefined) return null
-  return JSON.stringify(value, (_key, v: unknown) => {
-    if (typeof v === 'bigint') return Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()
-    if (v instanceof Uint8Array) return Buffer.from(v).toString('base64')
-    return v
-  })
+  return JSON.parse(
+    JSON.stringify(value, (_key, v: unknown) => {
+      if (typeof v === 'bigint') return Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()
+      if (v instanceof Uint8Array) return Buffer.from(v).toString('base64')
+      return v
+    }),
+  ) as unknown
+}
+
+/** A kept JSON column's value: JSON text as read is parsed back (written once, not quoted again). */
+function keptJsonValue(value: unknown): unknown {
+  if (typeof value !== 'string') return jsonValue(value)
+  try {
+    return JSON.parse(value) as unknown
+  } catch {
+    return value
+  }
 }
 
 const identity = (v: unknown) => (v === undefined ? null : v)
@@ -48,7 +64,7 @@ function resultColumn(name: string, type: OutputType): PlannedColumn {
     case 'STRING':
       return { name, elements: [{ name, type: 'BYTE_ARRAY', converted_type: 'UTF8', repetition_type: optional }], convert: identity }
     case 'JSON':
-      return { name, elements: [{ name, type: 'BYTE_ARRAY', converted_type: 'JSON', repetition_type: optional }], convert: jsonText }
+      return { name, elements: [{ name, type: 'BYTE_ARRAY', converted_type: 'JSON', repetition_type: optional }], convert: jsonValue }
     case 'INT64':
       return { name, elements: [{ name, type: 'INT64', repetition_type: optional }], convert: toBigInt }
     case 'FLOAT_LIST':
@@ -78,12 +94,12 @@ function keptColumn(name: string, column: KeptColumn): PlannedColumn {
       (el.type === 'INT64' && (logical === undefined || logical === 'INT_64')) ||
       (el.type === 'BYTE_ARRAY' && (logical === undefined || logical === 'UTF8' || logical === 'STRING' || logical === 'JSON')))
   if (!plain || !el) {
-    return { name, elements: [{ name, type: 'BYTE_ARRAY', converted_type: 'JSON', repetition_type: 'OPTIONAL' }], convert: jsonText }
+    return { name, elements: [{ name, type: 'BYTE_ARRAY', converted_type: 'JSON', repetition_type: 'OPTIONAL' }], convert: jsonValue }
   }
   const element: SchemaElement = { name, type: el.type, repetition_type: 'OPTIONAL' }
   if (el.converted_type !== undefined) element.converted_type = el.converted_type
   if (el.logical_type !== undefined) element.logical_type = el.logical_type
-  const convert = el.type === 'BYTE_ARRAY' && logical === 'JSON' ? (v: unknown) => (typeof v === 'string' || v === null || v === undefined ? (v ?? null) : jsonText(v)) : identity
+  const convert = el.type === 'BYTE_ARRAY' && logical === 'JSON' ? keptJsonValue : identity
   return { name, elements: [element], convert }
 }
 
