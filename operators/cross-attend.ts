@@ -29,14 +29,14 @@ export function crossAttend<T extends { kind: string }>(options: CrossAttendOpti
     model,
     (record) => (record as { kind: string }).kind === 'visual-tokens',
     (batch) => batch.rows,
-    async (batch) => {
+    async (batch, metrics) => {
       const [, l, q, d] = batch.visual_tokens.dims
       const per = l * q * d
       const rows = batch.rows
       const f = Math.max(...rows.map((r) => r.frames))
       const source = batch.visual_tokens.data as Float32Array
       let packed: Float32Array
-      if (f === 1) packed = source
+      if (f === 1) packed = source.slice()
       else {
         packed = new Float32Array(rows.length * f * per)
         let offset = 0
@@ -47,10 +47,11 @@ export function crossAttend<T extends { kind: string }>(options: CrossAttendOpti
       }
       const frameMask = new Array<number>(rows.length * f).fill(0)
       rows.forEach((row, b) => frameMask.fill(1, b * f, b * f + row.frames))
-      const { outputs } = await model.pool().run(model.graph('xattn_kv'), {
+      const { outputs, ms } = await model.pool().run(model.graph('xattn_kv'), {
         visual_tokens: float32([rows.length, f, l, q, d], packed),
         frame_mask: int64([rows.length, f], frameMask),
       })
+      metrics?.add('compute_ms', ms)
       const memory: CrossMemory = { kind: 'cross-memory', rows, xattn_k: outputs.xattn_k, xattn_v: outputs.xattn_v, xattn_mask: outputs.xattn_mask }
       return [memory]
     },

@@ -3,7 +3,7 @@ import type { OperatorFunction } from 'rxjs'
 import { PipelineConfigError } from '../src/errors.js'
 import type { GenerationSample } from '../src/model/generate.js'
 import type { VisionLanguageModel } from '../src/model/runtime.js'
-import type { TensorData } from '../src/model/tensors.js'
+import { copyTensor, type TensorData } from '../src/model/tensors.js'
 import { toErrorRecord, type BatchRow, type CrossMemory, type ErrorRecord, type GeneratedText, type Generation } from '../src/records.js'
 import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 
@@ -82,16 +82,24 @@ export function decodeText<T extends { kind: string }>(options: DecodeTextOption
           const list = (typeof asked === 'string' ? [asked] : (asked ?? [])).filter((q) => typeof q === 'string' && q.trim() !== '')
           if (list.length === 0) {
             out.push(toErrorRecord(row, stage, 'missing-question', 'the row has no question'))
+            if (metrics) metrics.errors += 1
             return
           }
           prompts = list
         }
+        const ids = prompts.map(promptIds)
+        const longest = Math.max(...ids.map((p) => p.length))
+        if (longest >= manifest.dims.max_text_len) {
+          out.push(toErrorRecord(row, stage, 'stage-failed', `a prompt of ${longest} tokens leaves no room in the decoder's ${manifest.dims.max_text_len} positions`))
+          if (metrics) metrics.errors += 1
+          return
+        }
         plan.push({ row, prompts, first: samples.length })
-        for (const prompt of prompts) samples.push({ memoryRow, prompt: promptIds(prompt) })
+        ids.forEach((prompt) => samples.push({ memoryRow, prompt }))
       })
       if (samples.length > 0) {
-        const memory: Record<'xattn_k' | 'xattn_v' | 'xattn_mask', TensorData> = { xattn_k: batch.xattn_k, xattn_v: batch.xattn_v, xattn_mask: batch.xattn_mask }
-        const { sequences, stats } = await model.pool().generate(
+        const memory: Record<'xattn_k' | 'xattn_v' | 'xattn_mask', TensorData> = { xattn_k: copyTensor(batch.xattn_k), xattn_v: copyTensor(batch.xattn_v), xattn_mask: copyTensor(batch.xattn_mask) }
+        const { sequences, stats, ms } = await model.pool().generate(
           model.graph('decoder'),
           memory,
           samples,
@@ -107,6 +115,7 @@ export function decodeText<T extends { kind: string }>(options: DecodeTextOption
           },
           { nLayer: manifest.dims.n_layer, heads: manifest.dims.n_head, headDim: manifest.dims.head_dim },
         )
+        metrics?.add('compute_ms', ms)
         metrics?.add('tokens', stats.tokens)
         metrics?.add('decoder_runs', stats.decoderRuns)
         metrics?.add('row_steps', stats.rowSteps)

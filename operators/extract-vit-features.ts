@@ -39,7 +39,7 @@ export function extractVitFeatures<T extends { kind: string }>(
     model,
     (record) => isInput(record as Input),
     (input) => members(input).filter((r): r is DecodedImage => r.kind === 'decoded-image'),
-    async (input) => {
+    async (input, metrics) => {
       const { dims } = model.manifest
       const out: unknown[] = []
       const images: DecodedImage[] = []
@@ -53,11 +53,16 @@ export function extractVitFeatures<T extends { kind: string }>(
           out.push(toErrorRecord(image, stage, 'stage-failed', `decoded at ${image.width}x${image.height}; the model takes ${dims.image_size}x${dims.image_size} (decodeImages({ size: ${dims.image_size} }))`))
         } else if (image.frames > dims.max_frames) {
           out.push(toErrorRecord(image, stage, 'too-many-frames', `a clip of ${image.frames} frames; the model takes at most ${dims.max_frames}`))
-        } else images.push(image)
+        } else {
+          images.push(image)
+          continue
+        }
+        if (metrics) metrics.errors += 1
       }
       if (images.length > 0) {
         const { pixel_values } = stackPixelValues(images)
-        const { outputs } = await model.pool().run(model.graph('vit'), { pixel_values })
+        const { outputs, ms } = await model.pool().run(model.graph('vit'), { pixel_values })
+        metrics?.add('compute_ms', ms)
         const features: VitFeatures = { kind: 'vit-features', rows: images.map(batchRow), taps: outputs.taps }
         out.push(features)
       }

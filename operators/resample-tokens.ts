@@ -1,6 +1,7 @@
 import type { OperatorFunction } from 'rxjs'
 
 import type { VisionLanguageModel } from '../src/model/runtime.js'
+import { copyTensor } from '../src/model/tensors.js'
 import type { ErrorRecord, VisualTokens, VitFeatures } from '../src/records.js'
 import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 
@@ -26,8 +27,9 @@ export function resampleTokens<T extends { kind: string }>(options: ResampleToke
     model,
     (record) => (record as { kind: string }).kind === 'vit-features',
     (batch) => batch.rows,
-    async (batch) => {
-      const { outputs } = await model.pool().run(model.graph('resampler'), { taps: batch.taps })
+    async (batch, metrics) => {
+      const { outputs, ms } = await model.pool().run(model.graph('resampler'), { taps: copyTensor(batch.taps) })
+      metrics?.add('compute_ms', ms)
       const tokens: VisualTokens = { kind: 'visual-tokens', rows: batch.rows, visual_tokens: outputs.visual_tokens, refined: false }
       return [tokens]
     },

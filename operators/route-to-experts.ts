@@ -35,8 +35,9 @@ export function routeToExperts<T extends { kind: string }>(options: RouteToExper
       const { dims } = batch.visual_tokens
       const d = dims[dims.length - 1]
       const n = batch.visual_tokens.data.length / d
-      const tokens = float32([n, d], batch.visual_tokens.data as Float32Array)
+      const tokens = float32([n, d], (batch.visual_tokens.data as Float32Array).slice())
       const result = await model.pool().route(model.graph('router'), model.graph('experts'), tokens, model.manifest.experts.top_k)
+      metrics?.add('compute_ms', result.ms)
       result.load.forEach((count, expert) => metrics?.add(`expert_${expert}`, count))
       const refined: VisualTokens = { kind: 'visual-tokens', rows: batch.rows, visual_tokens: float32(dims, result.refined.data as Float32Array), refined: true }
       return [refined]

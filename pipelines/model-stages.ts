@@ -109,7 +109,7 @@ function preprocessing(dir: string): Preprocessing {
   try {
     manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as typeof manifest
   } catch (cause) {
-    throw new ModelManifestError('manifest.json', `cannot read ${join(dir, 'manifest.json')} (pass --model DIR, a model package folder)`, { cause })
+    throw new ModelManifestError('dir', `cannot read ${join(dir, 'manifest.json')} (pass --model DIR, a model package folder)`, { cause })
   }
   if (!manifest.preprocessing) throw new ModelManifestError('preprocessing', 'missing')
   return manifest.preprocessing

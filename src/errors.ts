@@ -150,9 +150,11 @@ export class InferenceError extends EvflowError {
   ) {
     super(`${graph}: ${message}`, options)
     this.fatal = options?.fatal ?? false
+    this.exitCode = this.fatal ? 6 : 1
   }
 
   readonly fatal: boolean
+  override readonly exitCode: number
 }
 
 /** The run was interrupted (Ctrl-C / SIGTERM); shards in progress were not committed. */

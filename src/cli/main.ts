@@ -105,7 +105,8 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     }
     for (const flag of definition.flags) {
       const attribute = new Option(flag.flags).attributeName()
-      flagConfig[flag.key] = flags[attribute]
+      // Only flags given on the command line override the config file (a `--no-x` flag has an implied default).
+      if (command.getOptionValueSource(attribute) === 'cli') flagConfig[flag.key] = flags[attribute]
     }
     const { config, run } = resolveConfig(definition, readConfigFile(flags.config), flagConfig)
     const controller = new AbortController()

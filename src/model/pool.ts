@@ -44,6 +44,8 @@ export class InferencePool {
   private readonly pool: Piscina
   private readonly onWarning: (message: string) => void
   private destroyed = false
+  /** Warnings already reported (each once per pool, not once per worker and graph). */
+  private readonly warned = new Set<string>()
   /** The provider sessions actually run on (the last one reported). */
   activeProvider: ExecutionProvider
 
@@ -79,7 +81,10 @@ export class InferencePool {
     }
     if ('failed' in result) throw new InferenceError(result.graph, result.message, { fatal: result.fatal ?? false })
     this.activeProvider = result.provider
-    if (result.warning) this.onWarning(result.warning)
+    if (result.warning && !this.warned.has(result.warning)) {
+      this.warned.add(result.warning)
+      this.onWarning(result.warning)
+    }
     return result
   }
 

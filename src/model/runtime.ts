@@ -31,7 +31,7 @@ export function modelFingerprint(dir: string): string {
   try {
     return createHash('sha256').update(readFileSync(join(dir, 'manifest.json'))).digest('hex')
   } catch {
-    throw new ModelManifestError('manifest.json', `not found in ${dir} (pass --model DIR, a folder with manifest.json)`)
+    throw new ModelManifestError('dir', `no manifest.json in ${dir} (pass --model DIR, a model package folder)`)
   }
 }
 

@@ -45,3 +45,8 @@ export function buffersOf(tensors: Iterable<TensorData>): ArrayBuffer[] {
 export function describeTensor(name: string, t: TensorData): string {
   return `${name}: ${t.dtype}[${t.dims.join(', ')}]`
 }
+
+/** A tensor with its own copy of the data (to transfer without detaching the original). */
+export function copyTensor(t: TensorData): TensorData {
+  return { dtype: t.dtype, dims: [...t.dims], data: t.data.slice() }
+}

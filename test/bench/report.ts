@@ -110,6 +110,7 @@ export function markdownBlock(report: CaseReport, host: Machine): string {
 
 const SECTION_TITLES: Record<string, string> = {
   foundation: 'Foundation: read, decode, scan, memory',
+  model: 'Model: captions against the limit and the peers, scaling, the papers\' claim, memory',
 }
 
 const DOC_INTRO = `# Benchmarks

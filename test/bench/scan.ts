@@ -33,14 +33,19 @@ interface Summary {
 }
 
 /** Runs `evflow scan <input> -o <out> ...args` and returns its figures; removes `out` afterwards. */
-export async function runScan(input: string, out: string, args: readonly string[] = []): Promise<ScanRun> {
+export function runScan(input: string, out: string, args: readonly string[] = []): Promise<ScanRun> {
+  return runEvflow('scan', input, out, args)
+}
+
+/** Runs `evflow <pipeline> <input> -o <out> --json ...args` in a child process; returns its figures and summary. */
+export async function runEvflow(pipeline: string, input: string, out: string, args: readonly string[] = [], options: { keep?: boolean } = {}): Promise<ScanRun & { summary: Summary & Record<string, unknown> }> {
   rmSync(out, { recursive: true, force: true })
   const timeFile = `${out}.time`
   const useTime = existsSync(GNU_TIME)
   // Run the CLI as its bin runs: with the node flags of its shebang.
   const shebang = readFileSync(CLI, 'utf8').split('\n', 1)[0]
   const nodeFlags = shebang.split(/\s+/).filter((word) => word.startsWith('--'))
-  const cliArgs = [...nodeFlags, CLI, 'scan', input, '-o', out, '--json', ...args]
+  const cliArgs = [...nodeFlags, CLI, pipeline, input, '-o', out, '--json', ...args]
   const [command, commandArgs] = useTime
     ? [GNU_TIME, ['-f', '%M', '-o', timeFile, process.execPath, ...cliArgs]]
     : [process.execPath, cliArgs]
@@ -53,16 +58,17 @@ export async function runScan(input: string, out: string, args: readonly string[
     child.on('exit', (code) => resolve({ code, stderr }))
   })
   const wallS = (performance.now() - started) / 1000
-  if (code !== 0) throw new Error(`evflow scan exited with ${code}: ${stderr.slice(-2000)}`)
-  const summary = JSON.parse(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8')) as Summary
+  if (code !== 0) throw new Error(`evflow ${pipeline} exited with ${code}: ${stderr.slice(-2000)}`)
+  const summary = JSON.parse(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8')) as Summary & Record<string, unknown>
   let timeMaxRssMiB: number | null = null
   if (useTime) {
     const kib = Number.parseInt(readFileSync(timeFile, 'utf8').trim().split('\n').pop() ?? '', 10)
     timeMaxRssMiB = Number.isFinite(kib) ? Math.round(kib / 1024) : null
   }
-  rmSync(out, { recursive: true, force: true })
+  if (!options.keep) rmSync(out, { recursive: true, force: true })
   rmSync(timeFile, { force: true })
   return {
+    summary,
     wallS,
     durationS: summary.durationS,
     rowsPerS: summary.rowsPerS,
