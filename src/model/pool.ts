@@ -44,6 +44,9 @@ export class InferencePool {
   private readonly pool: Piscina
   private readonly onWarning: (message: string) => void
   private destroyed = false
+  private destroying: Promise<void> = Promise.resolve()
+  /** Tasks sent to a worker and not yet answered. */
+  private readonly inFlight = new Set<Promise<unknown>>()
   /** Warnings already reported (each once per pool, not once per worker and graph). */
   private readonly warned = new Set<string>()
   /** The provider sessions actually run on (the last one reported). */
@@ -75,7 +78,13 @@ export class InferencePool {
     if (this.destroyed) throw new InferenceError(label, 'the inference pool is closed')
     let result: T | WorkerFailure
     try {
-      result = (await this.pool.run(task, { transferList })) as T | WorkerFailure
+      const running = this.pool.run(task, { transferList }) as Promise<T | WorkerFailure>
+      this.inFlight.add(running)
+      try {
+        result = await running
+      } finally {
+        this.inFlight.delete(running)
+      }
     } catch (cause) {
       throw new InferenceError(label, `inference worker failed: ${(cause as Error).message}`, { cause })
     }
@@ -123,9 +132,18 @@ export class InferencePool {
   }
 
   /** Releases every session and stops the workers. Idempotent. */
+  /**
+   * Stops the workers once the tasks already running have finished (their results are dropped): terminating
+   * a worker thread inside ONNX Runtime's `run` aborts the whole process. New tasks are refused at once.
+   * Idempotent.
+   */
   async destroy(): Promise<void> {
-    if (this.destroyed) return
+    if (this.destroyed) return this.destroying
     this.destroyed = true
-    await this.pool.destroy()
+    this.destroying = (async () => {
+      await Promise.allSettled([...this.inFlight])
+      await this.pool.destroy()
+    })()
+    return this.destroying
   }
 }

@@ -106,8 +106,6 @@ export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[
   try {
     const batches: TensorData[] = []
     for (let i = 0; i < images.length; i += options.batch) batches.push(stackPixelValues(images.slice(i, i + options.batch)).pixel_values)
-    // warm-up: one session per graph per worker
-    await Promise.all(Array.from({ length: options.workers }, () => chain(stackPixelValues(images.slice(0, 2)).pixel_values)))
     const computeMs = { vit: 0, resampler: 0, experts: 0, xattn_kv: 0, decoder: 0 }
     let tokens = 0
     const generation: GenerationOptions = {
@@ -140,6 +138,8 @@ export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[
         tokens += generated.stats.tokens
       }
     }
+    // warm-up: one session per graph per worker
+    await Promise.all(Array.from({ length: options.workers }, () => chain(stackPixelValues(images.slice(0, 2)).pixel_values)))
     const started = performance.now()
     await promisePool(batches, options.workers + 1, (pixel_values) => chain(pixel_values, true))
     const seconds = (performance.now() - started) / 1000

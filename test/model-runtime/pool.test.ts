@@ -74,4 +74,12 @@ describe('InferencePool', () => {
     await p.destroy()
     await expect(p.run(graph, feeds())).rejects.toThrow(/closed/)
   })
+
+  it('destroy() while tasks run lets them finish (terminating a worker inside ORT would abort the process), then refuses new ones', async () => {
+    const p = new InferencePool({ workers: 2 })
+    const running = Array.from({ length: 6 }, () => p.run(graph, feeds()))
+    await p.destroy()
+    for (const result of await Promise.all(running)) expect(result.outputs.y.dims).toEqual([2, 2])
+    await expect(p.run(graph, feeds())).rejects.toThrow(/closed/)
+  })
 })
