@@ -27,6 +27,7 @@ export const EXIT = {
   shardsFailed: 3,
   locked: 4,
   interrupted: 130,
+  modelCannotRun: 6,
 } as const
 
 const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite'] as const
@@ -90,7 +91,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
   }
   command.addHelpText(
     'after',
-    `\nExamples:\n  evflow ${definition.name} fixtures/shards -o out/${definition.name}\n  evflow ${definition.name} 'data/**/*.parquet' -o out/ --keep url,caption --json\n\nExit codes: 0 ok (row errors are data), 2 bad usage or config, 3 some shards unreadable,\n4 output folder in use, 130 interrupted (rerun to resume), 1 anything else.`,
+    `\nExamples:\n  evflow ${definition.name} fixtures/shards -o out/${definition.name}\n  evflow ${definition.name} 'data/**/*.parquet' -o out/ --keep url,caption --json\n\nExit codes: 0 ok (row errors are data), 2 bad usage or config, 3 some shards unreadable,\n4 output folder in use, 6 the model cannot run, 130 interrupted (rerun to resume), 1 anything else.`,
   )
   command.action(async (inputs: string[], flags: CommonFlags & Record<string, unknown>) => {
     const flagConfig: Record<string, unknown> = {

@@ -113,7 +113,7 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     expect(fallback.code).toBe(0)
     expect(fallback.stderr).toMatch(/execution provider cuda cannot start .*running on cpu/)
     const strict = runCli(['caption', 'fixtures/scenes/test.parquet', '-o', join(dir, 'x4'), ...model, '--limit', '2', '--provider', 'cuda', '--strict-provider'])
-    expect(strict.code).not.toBe(0)
+    expect(strict.code).toBe(6)
     expect(strict.stderr).toMatch(/execution provider cuda cannot start/)
     const badFlag = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x5'), ...model, '--workers', '0'])
     expect(badFlag.code).toBe(2)
