@@ -73,6 +73,7 @@ function addSubmitCommand(program: Command, registry: Readonly<Record<string, Pi
   for (const definition of Object.values(registry)) {
     for (const flag of definition.flags) {
       const option = new Option(flag.flags, `[${definition.name}] ${flag.description}`)
+      if (flag.repeatable) option.argParser((text: string, previous: string[] | undefined) => [...(previous ?? []), text])
       const attribute = option.attributeName()
       if (!owners.has(attribute)) {
         if (taken.has(attribute)) continue
@@ -101,10 +102,12 @@ function addSubmitCommand(program: Command, registry: Readonly<Record<string, Pi
     }
     for (const [attribute, entries] of owners) {
       const raw = flags[attribute]
-      if (raw === undefined) continue
+      // only flags given on the command line (a `--no-x` flag has an implied default)
+      if (raw === undefined || command.getOptionValueSource(attribute) !== 'cli') continue
       const mine = entries.find((e) => e.pipeline === definition.name)
       if (!mine) throw new PipelineConfigError(`--${attribute.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, `not an option of pipeline ${definition.name}`)
-      flagConfig[mine.flag.key] = typeof raw === 'string' && mine.flag.parse ? mine.flag.parse(raw) : raw
+      const parse = (value: unknown) => (typeof value === 'string' && mine.flag.parse ? mine.flag.parse(value) : value)
+      flagConfig[mine.flag.key] = Array.isArray(raw) ? raw.map(parse) : parse(raw)
     }
     const { config, run } = resolveConfig(definition, readConfigFile(flags.config as string | undefined), flagConfig)
     if (run.overwrite) throw new PipelineConfigError('overwrite', 'submit does not overwrite committed shards: remove them, or write to another folder')
