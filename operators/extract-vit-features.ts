@@ -8,6 +8,22 @@ import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 export interface ExtractVitFeaturesOptions extends ModelStageOptions {
   /** The model (shared by the model operators of a pipeline). */
   model: VisionLanguageModel
+  /**
+   * A clip with more frames than the model's `max_frames`: `sample` keeps `max_frames` evenly spaced frames
+   * (first and last included); `error` makes it a `too-many-frames` error row. Default `sample`.
+   */
+  tooManyFrames?: 'sample' | 'error'
+}
+
+/** `image` with `keep` evenly spaced frames (first and last included). */
+function sampleFrames(image: DecodedImage, keep: number): DecodedImage {
+  const plane = image.width * image.height * 3
+  const pixels = new Uint8Array(keep * plane)
+  for (let i = 0; i < keep; i++) {
+    const from = Math.round((i * (image.frames - 1)) / (keep - 1))
+    pixels.set(image.pixels.subarray(from * plane, (from + 1) * plane), i * plane)
+  }
+  return { ...image, frames: keep, pixels }
 }
 
 type Input = readonly { kind: string }[] | DecodedImage
@@ -22,8 +38,10 @@ const isInput = (record: { kind?: string } | readonly unknown[]): record is Inpu
  *
  * In → out: a batch from `batchRecords` (or a single `DecodedImage`, as a batch of one) → one
  * `VitFeatures`; the batch's other members (error rows, shard notices) pass on first, untouched.
- * Errors: a row decoded at the wrong size, or a clip with more frames than the model's `max_frames`,
- * becomes an error row; a failing run turns the batch's rows into error rows (`stage-failed`).
+ * Clips longer than the model's `max_frames` keep that many evenly spaced frames (or, with
+ * `tooManyFrames: 'error'`, become `too-many-frames` error rows).
+ * Errors: a row decoded at the wrong size becomes an error row; a failing run turns the batch's rows into
+ * error rows (`stage-failed`).
  *
  * @example
  * decoded$.pipe(batchRecords({ maxSize: 32 }), extractVitFeatures({ model }))
@@ -51,8 +69,11 @@ export function extractVitFeatures<T extends { kind: string }>(
         const image = member as DecodedImage
         if (image.width !== dims.image_size || image.height !== dims.image_size) {
           out.push(toErrorRecord(image, stage, 'stage-failed', `decoded at ${image.width}x${image.height}; the model takes ${dims.image_size}x${dims.image_size} (decodeImages({ size: ${dims.image_size} }))`))
-        } else if (image.frames > dims.max_frames) {
+        } else if (image.frames > dims.max_frames && (options.tooManyFrames === 'error' || dims.max_frames < 2)) {
           out.push(toErrorRecord(image, stage, 'too-many-frames', `a clip of ${image.frames} frames; the model takes at most ${dims.max_frames}`))
+        } else if (image.frames > dims.max_frames) {
+          images.push(sampleFrames(image, dims.max_frames))
+          continue
         } else {
           images.push(image)
           continue
