@@ -153,3 +153,42 @@ def left_pad(prompts):
         mask[b, T - len(p):] = 1
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     return ids, mask, pos
+
+
+# ----------------------------------------------------------------------------- vision pre-training labels (stage 0)
+
+SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond"]
+COLORS = ["red", "green", "blue", "yellow", "purple", "cyan"]
+SIZES = ["small", "large"]
+GRID = 3  # the scenes' 3x3 grid
+
+
+def patch_labels(row, frame=0, side=8):
+    """Per-patch targets for the vision pre-training, from a row's scene (docs/data.md).
+
+    Returns int64 [2, 3, side*side]: [0] "cell" labels (every patch whose centre lies in grid cell (r, c) carries
+    the (shape, color, size) of the object of that cell), [1] "cover" labels (the object whose bounding box
+    contains the patch centre); class 0 = empty, else 1 + index in SHAPES / COLORS / SIZES. For clips the
+    object's position in frame `frame` (its path) defines its cell and box. Rows without a scene: all -100
+    (ignored)."""
+    out = np.zeros((2, 3, side * side), np.int64)
+    sc = row.get("scene")
+    if sc is None:
+        out[:] = -100
+        return out
+    W, H = sc["width"], sc["height"]
+    c = (np.arange(side) + 0.5) / side                     # patch centres, as a fraction of the side
+    cell_of = np.minimum((c * GRID).astype(int), GRID - 1)  # grid cell of each patch row / column
+    for o in sc["objects"]:
+        if "path" in o:
+            x, y = o["path"][min(frame, len(o["path"]) - 1)]
+            r, cc = min(int(GRID * y / H), GRID - 1), min(int(GRID * x / W), GRID - 1)
+        else:
+            x, y, r, cc = o["x"], o["y"], o["row"], o["col"]
+        lab = (1 + SHAPES.index(o["shape"]), 1 + COLORS.index(o["color"]), 1 + SIZES.index(o.get("size", "large")))
+        cell = (cell_of[:, None] == r) & (cell_of[None, :] == cc)                     # [side,side] rows x cols
+        cover = ((np.abs(c[:, None] * H - y) <= o["r"]) & (np.abs(c[None, :] * W - x) <= o["r"]))
+        for k in range(3):
+            out[0, k][cell.reshape(-1)] = lab[k]
+            out[1, k][cover.reshape(-1)] = lab[k]
+    return out

@@ -36,7 +36,8 @@ class EVLMConfig:
     # --- image and ViT ---
     image_size: int = 64            # input side in pixels (square; the TS side resizes with fit 'fill')
     patch_size: int = 8             # each visual token covers a patch of this side: P = (64/8)^2 = 64
-    vit_stem: str = "conv"          # "conv": 3 strided convs (early convolutions) down to patch 8; "linear": plain patch embedding
+    vit_stem: str = "conv"          # "conv": 3 strided convs (early convolutions) down to patch 8; "deep": 5 convs (two at
+                                    # full / half resolution, then 3 strided), learns shapes much faster; "linear": patch embedding
     vit_dim: int = 128              # Dv, ViT width
     vit_layers: int = 6             # ViT blocks
     vit_heads: int = 4              # ViT attention heads
@@ -49,6 +50,8 @@ class EVLMConfig:
     resampler_mlp: int = 256        # resampler MLP hidden width
     resampler_prior: float = 1.0    # sigma (in patches) of the learnable spatial attention bias: the Q queries start
                                     # looking at a sqrt(Q) x sqrt(Q) grid of image regions (0: no bias)
+    resampler_grid: int = 0         # > 0: only the first g*g queries start on a g x g grid (the scenes' 3x3 cells),
+                                    # the others see the whole image (bias 0); 0: the sqrt(Q) grid
     # --- visual experts (act on visual tokens) ---
     expert_form: str = "evlm"       # "dense": one visual FFN (stages 1-2); "evlm": shared expert + E routed experts, top_k;
                                     # "eve": original FFN + elastic vision FFN, top-1 of 2, no shared expert
@@ -79,7 +82,7 @@ class EVLMConfig:
         assert self.expert_form in ("dense", "evlm", "eve")
         if self.expert_form == "eve":
             assert self.n_experts == 2 and self.top_k == 1, "eve form is top-1 of 2"
-        if self.vit_stem == "conv":
+        if self.vit_stem in ("conv", "deep"):
             assert self.patch_size == 8, "the conv stem downsamples by exactly 8"
 
     @property
@@ -188,6 +191,14 @@ class ViT(nn.Module):
                 nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
                 nn.Conv2d(64, d, 2, stride=2),
             )
+        elif cfg.vit_stem == "deep":  # 64 -> 64 -> 32 -> 32 -> 16 -> 8
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 32, 3, padding=1), nn.GELU(),
+                nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+                nn.Conv2d(64, 64, 3, padding=1), nn.GELU(),
+                nn.Conv2d(64, 96, 3, stride=2, padding=1), nn.GELU(),
+                nn.Conv2d(96, d, 2, stride=2),
+            )
         else:
             self.stem = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size)
         for c in self.stem.modules():  # variance-preserving init, so image content is not dwarfed by positions
@@ -236,17 +247,19 @@ class PerceiverLayer(nn.Module):
         return lat + self.mlp(self.ln_mlp(lat))
 
 
-def spatial_prior(n_query, side, sigma):
-    """[Q,P] attention bias: query q starts focused on cell q of a sqrt(Q) x sqrt(Q) grid over the side x side
-    patches: -d^2 / (2 sigma^2), d the distance (in patches) from the patch to the cell's centre."""
-    g = int(round(math.sqrt(n_query)))
-    assert g * g == n_query, "the spatial prior needs a square number of queries"
+def spatial_prior(n_query, side, sigma, grid=0):
+    """[Q,P] attention bias: query q starts focused on cell q of a g x g grid over the side x side patches:
+    -d^2 / (2 sigma^2), d the distance (in patches) from the patch to the cell's centre. g = sqrt(Q), or `grid`:
+    then queries g*g..Q-1 start with no bias (they see the whole image)."""
+    g = grid or int(round(math.sqrt(n_query)))
+    assert g * g == n_query or (grid and g * g <= n_query), "the spatial prior needs a square number of queries"
     c = (torch.arange(g, dtype=torch.float32) + 0.5) * side / g                        # cell centres
     p = torch.arange(side, dtype=torch.float32) + 0.5                                   # patch centres
     cy, cx = torch.meshgrid(c, c, indexing="ij")
     py, px = torch.meshgrid(p, p, indexing="ij")
     d2 = (cy.reshape(-1, 1) - py.reshape(1, -1)) ** 2 + (cx.reshape(-1, 1) - px.reshape(1, -1)) ** 2
-    return -d2 / (2 * sigma ** 2)
+    bias = -d2 / (2 * sigma ** 2)
+    return torch.cat([bias, bias.new_zeros(n_query - g * g, side * side)])
 
 
 class Resampler(nn.Module):
@@ -256,7 +269,8 @@ class Resampler(nn.Module):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(cfg.n_taps, cfg.n_query, cfg.d_visual) * 0.02)
         side = cfg.image_size // cfg.patch_size
-        prior = lambda: spatial_prior(cfg.n_query, side, cfg.resampler_prior) if cfg.resampler_prior > 0 else None
+        prior = lambda: (spatial_prior(cfg.n_query, side, cfg.resampler_prior, cfg.resampler_grid)
+                         if cfg.resampler_prior > 0 else None)
         self.layers = nn.ModuleList([
             PerceiverLayer(cfg.vit_dim, cfg.d_visual, cfg.resampler_heads, cfg.resampler_mlp, prior())
             for _ in range(cfg.n_taps)])
@@ -326,8 +340,8 @@ class VisualExperts(nn.Module):
         top_val, top_idx = logits.topk(self.top_k, dim=-1)          # [N,k] (ties: lower index first)
         w = top_val.softmax(dim=-1)                                 # [N,k] softmax over the top-k logits
         h = self.ln(x)
-        hid = F.gelu(torch.einsum("nd,edh->neh", h, self.w1) + self.b1)   # [N,E,h] every expert (dense compute)
-        out_all = torch.einsum("neh,ehd->ned", hid, self.w2) + self.b2     # [N,E,D]
+        hid = F.gelu(h.unsqueeze(0) @ self.w1 + self.b1.unsqueeze(1))      # [E,N,h] every expert (dense compute)
+        out_all = (hid @ self.w2 + self.b2.unsqueeze(1)).transpose(0, 1)   # [N,E,D]
         picked = out_all.gather(1, top_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # [N,k,D]
         routed = picked[:, 0] * w[:, 0:1]
         for j in range(1, self.top_k):
@@ -620,14 +634,16 @@ def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max
     by a 1. Returns per prompt the generated ids up to and including <eos> (or max_new_tokens ids).
     Argmax ties go to the lowest id."""
     B, T = len(prompts), max(len(p) for p in prompts)
+    dev = decoder.wte.weight.device
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)
     for b, p in enumerate(prompts):
         ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[b, T - len(p):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     cfg = decoder.cfg
-    past = torch.zeros(cfg.n_layer, B, cfg.n_head, 0, cfg.head_dim)
+    past = torch.zeros(cfg.n_layer, B, cfg.n_head, 0, cfg.head_dim, device=dev)
     logits, pk, pv = decoder(ids, pos, mask, past, past, xattn_k, xattn_v, xattn_mask)
     nxt = logits[:, -1].argmax(-1)
     step_pos = pos[:, -1:] + 1
@@ -640,7 +656,7 @@ def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max
                 done[b] = int(nxt[b]) == eos_id
         if all(done) or step == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=dev)], dim=1)
         logits, pk, pv = decoder(nxt[:, None], step_pos, mask, pk, pv, xattn_k, xattn_v, xattn_mask)
         nxt = logits[:, -1].argmax(-1)
         step_pos = step_pos + 1

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The whole reference-model recipe: data generation, the three training stages, evaluation on the test split
+# The whole reference-model recipe: data generation, vision pre-training (stage 0, the stand-in for a pretrained
+# encoder) and the three training stages, evaluation on the test split
 # and the export of the package to fixtures/models/evlm-tiny. Run from anywhere:
 #
 #   bash model/recipe.sh                 # DATA=out/evlm-data RUN=out/evlm PACKAGE=fixtures/models/evlm-tiny
 #
-# Each step's wall-clock and CPU seconds are appended to $RUN/times.tsv; the stage logs go to $RUN/stage{1,2,3}.log.
+# Each step's wall-clock and CPU seconds are appended to $RUN/times.tsv; the stage logs go to $RUN/stage{0,1,2,3}.log.
 # torch runs on one thread (OpenBLAS, libopenblas0-pthread); the data generator uses both cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ step data_val_test bash -c "
   node dist/scenes/cli.js --quiet --split test --kind vqa --seed 3000001 --rows 512 --out '$DATA/test' --name vqa &&
   node dist/scenes/cli.js --quiet --split test --kind video --seed 3000002 --rows 512 --out '$DATA/test' --name video"
 
-for s in 1 2 3; do
+for s in 0 1 2 3; do
   step "stage$s" $PY model/train.py --config "model/configs/stage$s.json" --data "$DATA" --out "$RUN"
 done
 step evaluate $PY model/evaluate.py --checkpoint "$RUN/stage3.pt" --data "$DATA/test" --json "$RUN/eval.json"

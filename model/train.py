@@ -1,7 +1,11 @@
-"""Train the reference model, one stage per config file (model/configs/stage{1,2,3}.json).
+"""Train the reference model, one stage per config file (model/configs/stage{0,1,2,3}.json).
 
     /usr/bin/python3 model/train.py --config model/configs/stage1.json --data out/evlm-data --out out/evlm
 
+Stage 0 (vision encoder): the stand-in for the papers' pretrained vision encoder (EVA-CLIP), which cannot be
+         downloaded here: the ViT learns, with training-only linear heads on its taps, to label every patch
+         with the (shape, color, size) of the object in its grid cell and of the object covering it (labels
+         from the scene description of the training rows; clip frames included). The heads are not exported.
 Stage 1 (text): the decoder learns the language of captions and answers, no image.
 Stage 2 (align + multi-task): ViT, resampler, visual FFN, cross-attention memory and gated cross-attention
          learn captions, VQA and video with the language model frozen (optionally unfrozen late, at a low rate).
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import EVLM, EVLMConfig, VisualExperts, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
-from data import BOS, SEP, Split, Vocab, pack, segments_for  # noqa: E402
+from data import BOS, COLORS, SEP, SHAPES, SIZES, Split, Vocab, pack, patch_labels, segments_for  # noqa: E402
 
 DEFAULTS = {
     "stage": 1,
@@ -60,6 +64,8 @@ DEFAULTS = {
     "gate_push": 0.0,           # during the first gate_push_steps: loss -= gate_push * sum of gates (opens them)
     "gate_push_steps": 0,
     "bow_coef": 0.0,            # auxiliary bag-of-words loss on pooled visual tokens (images; stage 2)
+    "grid_taps": [-1],          # stage 0: taps (indices into cfg.taps) that carry the per-patch label heads
+    "cover_coef": 1.0,          # stage 0: weight of the "cover" labels relative to the "cell" labels
     "seed": 0,
 }
 
@@ -153,7 +159,7 @@ def validate(model, vocab, val, n):
     for name, split in val.items():
         idx = np.arange(min(n, len(split)))
         px, fm = split.frames(idx)
-        (xk, xv, xm), _ = model.encode(px, fm)
+        (xk, xv, xm), _ = model.encode(px.to(DEV), fm.to(DEV))
         cap = greedy_generate(model.decoder, xk, xv, xm, [[BOS]] * len(idx))
         res[f"{name}_caption_em"] = float(np.mean([vocab.decode(c) == split.rows[i]["caption"] for c, i in zip(cap, idx)]))
         prompts = [[BOS] + vocab.encode(split.rows[i]["question"]) + [SEP] for i in idx]
@@ -163,18 +169,92 @@ def validate(model, vocab, val, n):
     return res
 
 
+DEV = torch.device("cpu")
+N_CLS = (1 + len(SHAPES), 1 + len(COLORS), 1 + len(SIZES))  # per-patch label classes (0 = empty)
+
+
+def grid_targets(split, idx):
+    """Pixels of the rows idx (clips: every valid frame, flattened) and their per-patch labels [N,2,3,P]."""
+    px, fm = split.frames(idx)
+    keep = fm.reshape(-1) > 0
+    labels = [patch_labels(split.rows[i], f) for i in idx for f in range(px.shape[1])]
+    labels = torch.from_numpy(np.stack(labels))[keep]
+    return px.reshape(-1, *px.shape[2:])[keep], labels
+
+
+def pretrain_vision(cfg, args, fh, images, clips):
+    """Stage 0: the ViT alone, supervised per patch (see the module docstring). Writes stage0.pt."""
+    model = build_model(cfg, args.out).to(DEV)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    heads = torch.nn.ModuleList([torch.nn.Linear(model.cfg.vit_dim, 2 * sum(N_CLS)) for _ in cfg["grid_taps"]]).to(DEV)
+    groups = optimizer_groups(model, ["vit"], cfg)
+    groups.append({"params": list(heads.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": "heads"})
+    opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
+    log(fh, f"# model {json.dumps(model.cfg.to_dict())}")
+    log(fh, f"# params {sum(p.numel() for p in model.parameters())}, trainable {sum(p.numel() for p in model.vit.parameters())} (vit) + heads")
+    rng = np.random.default_rng(cfg["seed"])
+    img_b = Batches(images, None, cfg["batch_images"], 0, rng)
+    vid_b = Batches(clips, None, cfg["batch_clips"], 0, rng) if cfg["batch_clips"] else None
+    model.train()
+    t_start, cpu_start, seen, hist = time.time(), time.process_time(), 0, []
+    for step in range(cfg["steps"]):
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        px, lab = grid_targets(images, img_b.indices())
+        if vid_b is not None:
+            vpx, vlab = grid_targets(clips, vid_b.indices())
+            px, lab = torch.cat([px, vpx]), torch.cat([lab, vlab])
+        px, lab = px.to(DEV), lab.to(DEV)
+        taps = model.vit(px)                                            # [N,L,P,Dv]
+        loss, acc = 0.0, []
+        for head, t in zip(heads, cfg["grid_taps"]):
+            out = head(taps[:, t]).view(len(px), -1, 2, sum(N_CLS))      # [N,P,2 (cell, cover),classes]
+            o = 0
+            for k, n in enumerate(N_CLS):
+                for j, w in ((0, 1.0), (1, cfg["cover_coef"])):
+                    logits, tgt = out[:, :, j, o:o + n], lab[:, j, k]
+                    loss = loss + w * F.cross_entropy(logits.reshape(-1, n), tgt.reshape(-1), ignore_index=-100)
+                    if j == 0:
+                        obj = tgt > 0
+                        acc.append((logits.argmax(-1) == tgt)[obj].float().mean().item())
+                o += n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg["grad_clip"])
+        opt.step()
+        seen += len(px)
+        hist.append(acc[-3:])  # the last tap's cell accuracies on object patches: shape, color, size
+        if step % 25 == 0 or step == cfg["steps"] - 1:
+            el = time.time() - t_start
+            a = np.mean(hist[-25:], axis=0)
+            log(fh, json.dumps({"step": step, "loss": round(loss.item(), 4), "acc_shape": round(a[0], 4),
+                                "acc_color": round(a[1], 4), "acc_size": round(a[2], 4), "lr": round(lr, 6),
+                                "gnorm": round(gn.item(), 3), "frames_per_s": round(seen / el, 1),
+                                "elapsed_s": round(el, 1), "cpu_s": round(time.process_time() - cpu_start, 1)}))
+    metrics = {"train_seconds": round(time.time() - t_start, 1), "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
+               "steps": cfg["steps"], "frames_seen": seen, "patch_acc_last25": np.mean(hist[-25:], axis=0).round(4).tolist()}
+    model.eval()
+    save_checkpoint(os.path.join(args.out, "stage0.pt"), model, stage=0, train_config=cfg, metrics=metrics)
+    log(fh, f"# done: {json.dumps(metrics)}; wrote {os.path.join(args.out, 'stage0.pt')}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
     ap.add_argument("--data", default="out/evlm-data", help="directory with the exported training data")
     ap.add_argument("--out", default="out/evlm", help="run directory: checkpoints and logs")
     ap.add_argument("--steps", type=int, default=None, help="override the config's steps (smoke tests)")
+    ap.add_argument("--device", default="cpu", help="torch device (the committed model is trained on cpu)")
     args = ap.parse_args()
 
     cfg = {**DEFAULTS, **json.load(open(args.config))}
     if args.steps is not None:
         cfg["steps"] = args.steps
     torch.set_num_threads(1)
+    global DEV
+    DEV = torch.device(args.device)
     torch.manual_seed(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
     os.makedirs(args.out, exist_ok=True)
@@ -186,6 +266,8 @@ def main():
     t0 = time.time()
     images = Split.load(args.data, cfg["images"])
     clips = Split.load(args.data, cfg["video"]) if cfg["batch_clips"] or stage == 1 else None
+    if stage == 0:
+        return pretrain_vision(cfg, args, fh, images, clips)
     val = {}
     if cfg["val_dir"] and cfg["eval_every"]:
         vd = os.path.join(args.data, cfg["val_dir"])
@@ -194,14 +276,14 @@ def main():
             val["val_video"] = Split.load(vd, "video", limit=cfg["eval_rows"] // 2)
     log(fh, f"# data: {len(images)} images" + (f", {len(clips)} clips" if clips else "") + f" loaded in {time.time() - t0:.1f}s")
 
-    model = build_model(cfg, args.out)
+    model = build_model(cfg, args.out).to(DEV)
     assert model.cfg.vocab_size == len(vocab)
     for p in model.parameters():
         p.requires_grad_(False)
     # Auxiliary head (training only, not exported): the mean visual token of an image predicts which caption
     # words occur (multi-hot, BCE). It gives the from-scratch ViT a direct signal that does not pass through the
     # zero-initialised gates; without it the visual tokens collapse to image-independent vectors.
-    bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size) if cfg["bow_coef"] else None
+    bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size).to(DEV) if cfg["bow_coef"] else None
     groups = [g for name in cfg["train"] for g in optimizer_groups(model, [name], cfg, cfg["lr_mult"].get(name, 1.0))]
     if bow is not None:
         groups.append({"params": list(bow.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": "bow"})
@@ -245,20 +327,20 @@ def main():
             if b is None:
                 continue
             idx = b.indices()
-            batch = b.text(idx)
+            batch = {k: v.to(DEV) for k, v in b.text(idx).items()}
             x = model.decoder.embed(batch["input_ids"], batch["position_ids"])
             if stage == 1:
                 logits, _, _ = model.decoder.run(x, batch["bias"])
             else:
                 px, fm = b.split.frames(idx)
-                (xk, xv, xm), aux = model.encode(px, fm)
+                (xk, xv, xm), aux = model.encode(px.to(DEV), fm.to(DEV))
                 logits, _, _ = model.decoder.run(x, batch["bias"], None, None, xk, xv, xm)
                 if bow is not None and kind == "img":
                     words = torch.zeros(len(idx), model.cfg.vocab_size)
                     for r, i in enumerate(idx):
                         words[r, vocab.encode(b.split.rows[i]["caption"])] = 1.0
                     logit = bow(aux["taps"][:, -1]).max(dim=1).values            # [B,V]: max over patches
-                    bow_loss = F.binary_cross_entropy_with_logits(logit, words)
+                    bow_loss = F.binary_cross_entropy_with_logits(logit, words.to(DEV))
                     parts["bow"] = bow_loss.item()
                     extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
                 if "lb_loss" in aux:
@@ -295,7 +377,9 @@ def main():
             te, ce = time.time(), time.process_time()
             res = validate(model, vocab, val, cfg["eval_rows"])
             log(fh, json.dumps({"step": step + 1, "eval": {k: round(v, 4) for k, v in res.items()}, "eval_s": round(time.time() - te, 1)}))
-            t_start += time.time() - te  # eval time is not training time
+            save_checkpoint(os.path.join(args.out, f"stage{stage}.pt"), model, stage=stage, train_config=cfg,
+                            metrics={"partial": True, "step": step + 1, "eval": res})
+            t_start += time.time() - te  # eval (and checkpoint) time is not training time
             cpu_start += time.process_time() - ce
 
     metrics = {"train_seconds": round(time.time() - t_start, 1), "train_cpu_seconds": round(time.process_time() - cpu_start, 1),

@@ -179,3 +179,13 @@ def test_llava_baseline_shapes(seeded):
     lg2, k2, _ = llava(torch.zeros(2, 0, cfg.d_visual), torch.randint(5, 65, (2, 1)), torch.full((2, 1), 3),
                        torch.ones(2, Mv + 4, dtype=torch.long), k, v)
     assert lg2.shape == (2, 1, 65) and k2.shape == (n, 2, H, Mv + 4, dh)
+
+
+def test_resampler_grid_prior_and_deep_stem(seeded):
+    from model import spatial_prior
+    b = spatial_prior(16, 8, 1.0, grid=3)                  # 9 queries on the 3x3 cells, 7 on the whole image
+    assert b.shape == (16, 64) and torch.all(b[9:] == 0)
+    assert int(b[4].argmax()) in (27, 28, 35, 36)           # the centre cell's query peaks on the centre patches
+    assert int(b[0].argmax()) == 9                          # top-left cell: centre at patch (1.33, 1.33) -> (1, 1)
+    m = EVLM(tiny(vit_stem="deep", expert_form="dense"))
+    assert m.vit(torch.randn(2, 3, 64, 64)).shape == (2, 2, 64, 32)

@@ -32,8 +32,11 @@ def make_dataset(d, n_img=64, n_clip=12, seed=0):
             imgs[i, 24:40, a:b] = RGB[c]
             qa = [{"type": "color", "question": "what color is the square?", "answer": c},
                   {"type": "where", "question": f"where is the {c} square?", "answer": side}]
+            scene = {"kind": "image", "width": 64, "height": 64, "objects": [  # for the stage-0 patch labels
+                {"shape": "square", "color": c, "size": "large", "row": 1, "col": 0 if side == "left" else 2,
+                 "x": (a + b) / 2, "y": 32, "r": 8}]}
             f.write(json.dumps({"id": f"i{i}", "caption": f"a large {c} square on the {side}", "question": qa[0]["question"],
-                                "answer": c, "qa": qa}) + "\n")
+                                "answer": c, "qa": qa, "scene": scene}) + "\n")
     np.save(os.path.join(d, "train.images.npy"), imgs)
     frames = np.zeros((n_clip, 8, 64, 64, 3), np.uint8)
     with open(os.path.join(d, "video.jsonl"), "w") as f:
@@ -45,8 +48,11 @@ def make_dataset(d, n_img=64, n_clip=12, seed=0):
                 frames[i, t, y:y + 12, 26:38] = RGB[c]
             dirn = "up" if up else "down"
             qa = [{"type": "direction", "question": f"which way does the {c} square move?", "answer": dirn}]
+            path = [[32, (40 - 4 * t if up else 8 + 4 * t) + 6] for t in range(nf)]
+            scene = {"kind": "video", "width": 64, "height": 64, "objects": [
+                {"shape": "square", "color": c, "size": "large", "direction": dirn, "r": 6, "path": path}]}
             f.write(json.dumps({"id": f"v{i}", "caption": f"a {c} square moves {dirn}", "question": qa[0]["question"],
-                                "answer": dirn, "qa": qa, "num_frames": nf}) + "\n")
+                                "answer": dirn, "qa": qa, "num_frames": nf, "scene": scene}) + "\n")
     np.save(os.path.join(d, "video.frames.npy"), frames)
 
 
@@ -65,8 +71,17 @@ def train(tmp_path, stage, steps, **extra):
 
 def test_three_stage_smoke_training_loss_falls(tmp_path):
     make_dataset(tmp_path / "data")
-    model = {**TINY, "expert_form": "dense"}
-    l1, _ = train(tmp_path, 1, 10, model=model, train=["decoder"], loss_on_prompt=True)
+    model = {**TINY, "expert_form": "dense", "vit_stem": "deep"}
+    # stage 0 (vision encoder pre-training, per-patch labels from the scenes): the loss falls, only the ViT moves
+    l0, out0 = train(tmp_path, 0, 12, model=model, batch_clips=2, grid_taps=[0, 1], lr=1e-2)
+    assert l0[-1] < l0[0], out0
+    m0, ck0 = load_checkpoint(str(tmp_path / "run" / "stage0.pt"))
+    assert ck0["stage"] == 0 and m0.cfg.vit_stem == "deep"
+    torch.manual_seed(0)  # train.py seeds with the config's seed (0) before building the model
+    s0, init = m0.state_dict(), EVLM(m0.cfg).state_dict()
+    assert all(torch.equal(s0[k], v) for k, v in init.items() if not k.startswith("vit."))
+    assert not all(torch.equal(s0[k], v) for k, v in init.items() if k.startswith("vit."))
+    l1, _ = train(tmp_path, 1, 10, init="stage0.pt", train=["decoder"], loss_on_prompt=True)
     l2, out2 = train(tmp_path, 2, 20, init="stage1.pt", train=["vit", "resampler", "experts", "memory", "xattn", "gates"],
                      batch_clips=2, unfreeze=[{"at": 0.5, "groups": ["decoder"], "lr_mult": 0.1}], lr_mult={"gates": 10},
                      gate_push=0.1, gate_push_steps=5, bow_coef=1.0)
