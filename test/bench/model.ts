@@ -32,8 +32,25 @@ export const SCENE_SIDE = 256
 const TEST_SEED = 3_000_000
 
 const sceneShards = new Map<number, Promise<ShardInput>>()
+/** Distinct scenes rendered per run; bigger shards cycle through them (the memory case needs rows, not variety). */
+export const DISTINCT_SCENES = 5_000
+let rendered: Promise<Uint8Array[]> | undefined
 
-/** A one-shard folder of `rows` synthetic test scenes as 256×256 JPEGs (quality 85), generated once per run. */
+/** The first `DISTINCT_SCENES` test scenes as 256×256 JPEGs (quality 85), rendered once per run. */
+function renderScenes(): Promise<Uint8Array[]> {
+  rendered ??= (async () => {
+    const images: Uint8Array[] = []
+    await promisePool(Array.from({ length: DISTINCT_SCENES }, (_, i) => i), 8, async (u) => {
+      const { scene } = sceneOf('caption', TEST_SEED, u)
+      const png = await renderImage(scene as ImageScene)
+      images[u] = await sharp(png).resize(SCENE_SIDE, SCENE_SIDE, { fit: 'fill' }).jpeg({ quality: 85 }).toBuffer()
+    })
+    return images
+  })()
+  return rendered
+}
+
+/** A one-shard folder of `rows` synthetic test scenes as 256×256 JPEGs, cycling through the distinct ones. */
 export function sceneShard(inputs: BenchInputs, rows: number, log: (m: string) => void): Promise<ShardInput> {
   let pending = sceneShards.get(rows)
   if (!pending) {
@@ -42,15 +59,8 @@ export function sceneShard(inputs: BenchInputs, rows: number, log: (m: string) =
       const dir = join(inputs.dir, `scenes-${rows}`)
       mkdirSync(dir, { recursive: true })
       const file = join(dir, 'scenes.parquet')
-      const ids: string[] = []
-      const images: Uint8Array[] = []
-      await promisePool(Array.from({ length: rows }, (_, i) => i), 8, async (u) => {
-        const { scene } = sceneOf('caption', TEST_SEED, u)
-        const png = await renderImage(scene as ImageScene)
-        images[u] = await sharp(png).resize(SCENE_SIDE, SCENE_SIDE, { fit: 'fill' }).jpeg({ quality: 85 }).toBuffer()
-        ids[u] = `bench-${u}`
-      })
-      writeBuffer(file, imageShardBuffer(ids.map((id, i) => ({ id, image: images[i] })), 500))
+      const images = await renderScenes()
+      writeBuffer(file, imageShardBuffer(Array.from({ length: rows }, (_, u) => ({ id: `bench-${u}`, image: images[u % images.length] })), 500))
       const fileBytes = statSync(file).size
       log(`generated ${rows} scene rows (${(fileBytes / 1e6).toFixed(1)} MB) in ${((performance.now() - started) / 1000).toFixed(1)} s`)
       return { dir, file, rows, fileBytes }

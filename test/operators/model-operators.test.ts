@@ -181,7 +181,7 @@ describe.skipIf(!HAVE)('model operators on the reference model', () => {
     it('a clip longer than max_frames keeps max_frames evenly spaced frames, or becomes a too-many-frames row', async () => {
       const model = open(1)
       const image = await firstImage()
-      const [one] = (await lastValueFrom(of(imageRow(0, image)).pipe(decodeImages({ size: 64 }), toArray()))) as DecodedImage[]
+      const [one] = (await lastValueFrom(of(imageRow(0, image)).pipe(decodeImages({ size: 64 }), toArray()))) as unknown as DecodedImage[]
       await model.load()
       const f = model.manifest.dims.max_frames + 4
       const pixels = new Uint8Array(f * one.pixels.length)
@@ -189,7 +189,7 @@ describe.skipIf(!HAVE)('model operators on the reference model', () => {
       const clip: DecodedImage = { ...one, frames: f, pixels }
       const sampled = (await lastValueFrom(of([clip]).pipe(extractVitFeatures({ model }), toArray()))) as { kind: string; rows?: { frames: number }[] }[]
       expect(sampled.map((r) => [r.kind, r.rows?.[0].frames])).toEqual([['vit-features', model.manifest.dims.max_frames]])
-      const refused = (await lastValueFrom(of([clip]).pipe(extractVitFeatures({ model, tooManyFrames: 'error' }), toArray()))) as ErrorRecord[]
+      const refused = (await lastValueFrom(of([clip]).pipe(extractVitFeatures({ model, tooManyFrames: 'error' }), toArray()))) as unknown as ErrorRecord[]
       expect(refused.map((r) => r.code)).toEqual(['too-many-frames'])
     })
 
