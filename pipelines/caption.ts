@@ -1,10 +1,7 @@
-import { pipe } from 'rxjs'
 import { z } from 'zod'
 
-import { crossAttend } from '../operators/cross-attend.js'
-import { decodeText } from '../operators/decode-text.js'
 import type { PipelineDefinition } from '../src/engine/pipeline.js'
-import type { Caption, ErrorRecord, ShardNotice, VisualTokens, CrossMemory } from '../src/records.js'
+import type { Caption } from '../src/records.js'
 import {
   MODEL_PERFORMANCE_KEYS,
   generationDefaults,
@@ -14,8 +11,7 @@ import {
   modelDefaults,
   modelFlags,
   modelIdentity,
-  openModel,
-  visionStages,
+  textStages,
 } from './model-stages.js'
 
 export const captionConfigSchema = z.strictObject({ ...modelConfigShape, ...generationShape })
@@ -34,22 +30,7 @@ function captionDefinition(name: string, summary: string): PipelineDefinition<Ca
     performanceKeys: MODEL_PERFORMANCE_KEYS,
     read: () => ({ requireImage: true }),
     identity: modelIdentity,
-    stages: (config, context) => {
-      const model = openModel(config)
-      const { metrics } = context
-      return pipe(
-        visionStages(config, model, context),
-        crossAttend<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
-        decodeText<CrossMemory | ErrorRecord | ShardNotice>({
-          model,
-          metrics,
-          maxNewTokens: config.maxNewTokens,
-          beams: config.beams,
-          slots: config.slots,
-          continuous: config.continuous,
-        }),
-      )
-    },
+    stages: (config, context) => textStages(config, context),
     columns: () => [{ name: 'caption', type: 'STRING', value: (r) => r.generations[0].text }],
   }
 }

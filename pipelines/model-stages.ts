@@ -9,6 +9,8 @@ import { pipe, type OperatorFunction } from 'rxjs'
 import { z } from 'zod'
 
 import { batchRecords } from '../operators/batch-records.js'
+import { crossAttend } from '../operators/cross-attend.js'
+import { decodeText, type DecodeTextOptions } from '../operators/decode-text.js'
 import { decodeImages } from '../operators/decode-images.js'
 import { extractVitFeatures } from '../operators/extract-vit-features.js'
 import { resampleTokens } from '../operators/resample-tokens.js'
@@ -17,7 +19,7 @@ import type { SourceRecord, StageContext, PipelineFlag } from '../src/engine/pip
 import { ModelManifestError } from '../src/errors.js'
 import type { ResizeMode } from '../src/image/decode.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/runtime.js'
-import type { DecodedImage, ErrorRecord, ShardNotice, VisualTokens, VitFeatures } from '../src/records.js'
+import type { CrossMemory, DecodedImage, ErrorRecord, GeneratedText, ShardNotice, VisualTokens, VitFeatures } from '../src/records.js'
 
 export const modelConfigShape = {
   /** Model package folder (manifest.json, ONNX graphs, tokenizer). */
@@ -154,4 +156,27 @@ export function visionStages(
     resampleTokens<VitFeatures | ErrorRecord | ShardNotice>({ model, metrics }),
     routeToExperts<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
   ) as OperatorFunction<SourceRecord, VisualTokens | ErrorRecord | ShardNotice>
+}
+
+/** The whole text path: `visionStages` → cross-attention memory → generated text (captions, or answers to `questions`). */
+export function textStages(
+  config: ModelConfig & z.infer<z.ZodObject<typeof generationShape>>,
+  context: StageContext,
+  questions?: DecodeTextOptions['questions'],
+): OperatorFunction<SourceRecord, GeneratedText | ErrorRecord | ShardNotice> {
+  const model = openModel(config)
+  const { metrics } = context
+  return pipe(
+    visionStages(config, model, context),
+    crossAttend<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
+    decodeText<CrossMemory | ErrorRecord | ShardNotice>({
+      model,
+      metrics,
+      ...(questions ? { questions } : {}),
+      maxNewTokens: config.maxNewTokens,
+      beams: config.beams,
+      slots: config.slots,
+      continuous: config.continuous,
+    }),
+  )
 }

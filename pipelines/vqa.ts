@@ -1,11 +1,8 @@
-import { pipe } from 'rxjs'
 import { z } from 'zod'
 
-import { crossAttend } from '../operators/cross-attend.js'
-import { decodeText } from '../operators/decode-text.js'
 import type { PipelineDefinition } from '../src/engine/pipeline.js'
 import type { OutputColumn } from '../src/parquet/output-schema.js'
-import type { CrossMemory, ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
+import type { GeneratedText } from '../src/records.js'
 import {
   MODEL_PERFORMANCE_KEYS,
   generationDefaults,
@@ -15,8 +12,7 @@ import {
   modelDefaults,
   modelFlags,
   modelIdentity,
-  openModel,
-  visionStages,
+  textStages,
 } from './model-stages.js'
 
 export const vqaConfigSchema = z.strictObject({
@@ -53,25 +49,11 @@ export const vqaPipeline: PipelineDefinition<VqaConfig, GeneratedText> = {
   read: (config) => ({ requireImage: true, ...(config.questions.length === 0 ? { keep: [config.questionColumn] } : {}) }),
   identity: modelIdentity,
   stages: (config, context) => {
-    const model = openModel(config)
-    const { metrics } = context
     const fixed = config.questions
-    return pipe(
-      visionStages(config, model, context),
-      crossAttend<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
-      decodeText<CrossMemory | ErrorRecord | ShardNotice>({
-        model,
-        metrics,
-        questions: fixed.length > 0 ? () => fixed : (row) => {
-          const value = row.kept[config.questionColumn]
-          return typeof value === 'string' ? value : null
-        },
-        maxNewTokens: config.maxNewTokens,
-        beams: config.beams,
-        slots: config.slots,
-        continuous: config.continuous,
-      }),
-    )
+    return textStages(config, context, fixed.length > 0 ? () => fixed : (row) => {
+      const value = row.kept[config.questionColumn]
+      return typeof value === 'string' ? value : null
+    })
   },
   columns: (config): OutputColumn<GeneratedText>[] =>
     config.questions.length > 1

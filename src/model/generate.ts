@@ -405,7 +405,8 @@ export async function generate(
     })
     const prefilled = new KvCache(cache.nl, cache.heads, cache.dh, n, t, out.present_k.data as Float32Array, out.present_v.data as Float32Array, mask)
     const { next, parents } = select(rows, out.logits)
-    return { beams: next, cache: prefilled.gather(parents) }
+    const identity = parents.length === n && parents.every((p, i) => p === i)
+    return { beams: next, cache: identity ? prefilled : prefilled.gather(parents) }
   }
 
   while (queue.length > 0 || beamsNow.length > 0) {
