@@ -192,3 +192,22 @@ def patch_labels(row, frame=0, side=8):
             out[0, k][cell.reshape(-1)] = lab[k]
             out[1, k][cover.reshape(-1)] = lab[k]
     return out
+
+
+DIRECTIONS = ["up", "down", "left", "right"]
+
+
+def cell_directions(row, n_frames, grid=GRID):
+    """Per frame and grid cell, the direction of motion of the clip's object in that cell (stage 2's training-only
+    motion head): int64 [n_frames, grid*grid], 0 = no object, else 1 + index in DIRECTIONS; frames past the
+    clip's end -100 (ignored)."""
+    out = np.full((n_frames, grid * grid), -100, np.int64)
+    sc = row["scene"]
+    W, H = sc["width"], sc["height"]
+    for f in range(min(n_frames, row["num_frames"])):
+        out[f] = 0
+        for o in sc["objects"]:
+            x, y = o["path"][min(f, len(o["path"]) - 1)]
+            r, c = min(int(grid * y / H), grid - 1), min(int(grid * x / W), grid - 1)
+            out[f, r * grid + c] = 1 + DIRECTIONS.index(o["direction"])
+    return out

@@ -61,6 +61,9 @@ class EVLMConfig:
     expert_hidden: int = 32         # hidden width of one EVLM routed expert (fine-grained: a 1/E slice of the dense FFN)
     # --- video ---
     max_frames: int = 8             # frames per clip the temporal embedding covers
+    memory_mixer: int = 0           # pre-LN self-attention blocks over a clip's memory tokens, per tap, before the
+                                    # keys / values (inside xattn_kv): tokens of one frame see each other (groups of
+                                    # equal objects) and those of the clip's other valid frames (motion); 0: none
     # --- decoder ---
     vocab_size: int = 65            # word-level vocabulary (fixtures/scenes/vocab.txt)
     d_model: int = 192              # decoder width
@@ -403,21 +406,54 @@ class CrossMemory(nn.Module):
         self.n_head = cfg.n_head
         D, d = cfg.d_visual, cfg.d_model
         self.frame_emb = nn.Parameter(torch.zeros(cfg.max_frames, D))
+        # optional mixer: per tap, blocks of masked self-attention over the clip's F*Q tokens (frame-major)
+        self.mixer = nn.ModuleList([
+            nn.ModuleList([MixerBlock(D, cfg.resampler_heads, cfg.resampler_mlp) for _ in range(cfg.memory_mixer)])
+            for _ in range(cfg.n_taps)]) if cfg.memory_mixer else None
         self.ln = nn.ModuleList([nn.LayerNorm(D) for _ in range(cfg.n_layer)])
         self.kv = nn.ModuleList([nn.Linear(D, 2 * d) for _ in range(cfg.n_layer)])
 
     def forward(self, visual_tokens, frame_mask):
+        """xattn_kv.onnx: the memory tokens of every tap, then each decoder layer's keys and values."""
+        return self.keys_values(*self.tokens(visual_tokens, frame_mask))
+
+    def tokens(self, visual_tokens, frame_mask):
+        """-> (per tap the memory tokens [B,M,D], frame-major, after the mixer; xattn_mask [B,M] 0 or -1e9)."""
         B, Fr, L, Q, D = visual_tokens.shape
         x = visual_tokens + self.frame_emb[:Fr].view(1, Fr, 1, 1, D)
+        valid = frame_mask.to(visual_tokens.dtype).unsqueeze(-1).expand(B, Fr, Q).reshape(B, Fr * Q)
+        xattn_mask = (1.0 - valid) * NEG_INF
+        per_tap = [x[:, :, tap].reshape(B, Fr * Q, D) for tap in range(L)]
+        if self.mixer is not None:
+            bias = xattn_mask[:, None, None, :]                         # keys of padding frames are never read
+            for tap, blocks in enumerate(self.mixer):
+                for block in blocks:
+                    per_tap[tap] = block(per_tap[tap], bias)
+        return per_tap, xattn_mask
+
+    def keys_values(self, per_tap, xattn_mask):
         ks, vs = [], []
         for i, tap in enumerate(self.tap_for_layer):
-            t = x[:, :, tap].reshape(B, Fr * Q, D)                      # [B,M,D] frame-major
-            k, v = self.kv[i](self.ln[i](t)).chunk(2, dim=-1)           # [B,M,d]
+            k, v = self.kv[i](self.ln[i](per_tap[tap])).chunk(2, dim=-1)  # [B,M,d]
             ks.append(split_heads(k, self.n_head))                      # [B,H,M,dh]
             vs.append(split_heads(v, self.n_head))
-        valid = frame_mask.to(visual_tokens.dtype).unsqueeze(-1).expand(B, Fr, Q).reshape(B, Fr * Q)
-        xattn_mask = (1.0 - valid) * NEG_INF                           # [B,M] 0 or -1e9
         return torch.stack(ks, dim=1), torch.stack(vs, dim=1), xattn_mask  # [B,n_layer,H,M,dh] x2, [B,M]
+
+
+class MixerBlock(nn.Module):
+    """Pre-LN self-attention + MLP over memory tokens with an additive key mask; both residual branches start at
+    zero (output projections zero-initialised), so a new mixer leaves the memory unchanged."""
+
+    def __init__(self, dim, n_head, mlp_hidden):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, n_head)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_hidden)
+
+    def forward(self, x, bias):
+        x = x + self.attn(self.ln1(x), bias)
+        return x + self.mlp(self.ln2(x))
 
 
 # ----------------------------------------------------------------------------- 5. decoder
@@ -539,6 +575,10 @@ class EVLM(nn.Module):
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("proj.weight") and ".mlp." in name or name.endswith("attn.proj.weight"):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+        for m in self.modules():  # memory mixer blocks start as the identity
+            if isinstance(m, MixerBlock):
+                nn.init.zeros_(m.attn.proj.weight)
+                nn.init.zeros_(m.mlp.proj.weight)
 
     @staticmethod
     def _init(m):
@@ -549,23 +589,28 @@ class EVLM(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
-    def encode_frames(self, pixel_values):
-        """pixel_values [N,3,64,64] (images or flattened frames) -> (refined tokens [N,L,Q,D], aux)."""
-        taps = self.vit(pixel_values)                               # [N,L,P,Dv]
+    def encode_frames(self, pixel_values, taps=None):
+        """pixel_values [N,3,64,64] (images or flattened frames) -> (refined tokens [N,L,Q,D], aux).
+        taps: the ViT's output for these frames when already known (training with a frozen ViT caches it)."""
+        if taps is None:
+            taps = self.vit(pixel_values)                           # [N,L,P,Dv]
         refined, aux = self.experts(self.resampler(taps))           # [N,L,Q,D]
         return refined, {**aux, "taps": taps}
 
-    def encode(self, pixel_values, frame_mask):
+    def encode(self, pixel_values, frame_mask, taps=None):
         """pixel_values [B,F,3,64,64], frame_mask [B,F] -> cross memory (xattn_k, xattn_v, xattn_mask), aux.
 
-        Only valid frames go through the vision tower (as the TS side flattens valid frames into the batch)."""
+        Only valid frames go through the vision tower (as the TS side flattens valid frames into the batch);
+        taps, if given, are the ViT's taps of those valid frames in that order [N valid,L,P,Dv]."""
         B, Fr = frame_mask.shape
         valid = frame_mask.reshape(-1) > 0
-        tok, aux = self.encode_frames(pixel_values.reshape(B * Fr, *pixel_values.shape[2:])[valid])
+        tok, aux = self.encode_frames(pixel_values.reshape(B * Fr, *pixel_values.shape[2:])[valid], taps)
         full = tok.new_zeros(B * Fr, *tok.shape[1:])
         full[valid] = tok
         full = full.view(B, Fr, *tok.shape[1:])                    # [B,F,L,Q,D] refined visual tokens
-        return self.memory(full, frame_mask), {**aux, "visual_tokens": full}  # aux["taps"]: [N valid frames,L,P,Dv]
+        per_tap, xattn_mask = self.memory.tokens(full, frame_mask)
+        # aux["taps"]: [N valid frames,L,P,Dv]; aux["memory_tokens"]: per tap [B,F*Q,D]
+        return self.memory.keys_values(per_tap, xattn_mask), {**aux, "visual_tokens": full, "memory_tokens": per_tap}
 
     def param_groups(self):
         """Named parts used by the stage configs to freeze / unfreeze."""

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import EVLM, EVLMConfig, VisualExperts, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
-from data import BOS, COLORS, SEP, SHAPES, SIZES, Split, Vocab, pack, patch_labels, segments_for  # noqa: E402
+from data import (BOS, COLORS, DIRECTIONS, SEP, SHAPES, SIZES, Split, Vocab, cell_directions, pack, patch_labels,
+                  segments_for)  # noqa: E402
 
 DEFAULTS = {
     "stage": 1,
@@ -66,6 +67,7 @@ DEFAULTS = {
     "bow_coef": 0.0,            # auxiliary bag-of-words loss on pooled visual tokens (images; stage 2)
     "grid_taps": [-1],          # stage 0: taps (indices into cfg.taps) that carry the per-patch label heads
     "cover_coef": 1.0,          # stage 0: weight of the "cover" labels relative to the "cell" labels
+    "motion_coef": 0.0,         # stage 2: weight of the training-only motion head (clips; see cell_directions)
     "seed": 0,
 }
 
@@ -170,6 +172,34 @@ def validate(model, vocab, val, n):
 
 
 DEV = torch.device("cpu")
+
+
+class TapsCache:
+    """The frozen ViT's taps of a split's frames, computed on a row's first visit and kept (float16) for later visits:
+    stages 2 and 3 see each row a few times and the ViT is a third of their step time. encode() gets the taps of the
+    valid frames, flattened in the order EVLM.encode flattens them."""
+
+    def __init__(self, model, split: Split):
+        cfg = model.cfg
+        frames = split.pixels.shape[1] if split.video else 1
+        self.vit = model.vit
+        # np.zeros maps untouched pages lazily: memory grows with the rows seen (about 49 KB per frame)
+        self.taps = np.zeros((len(split), frames, cfg.n_taps, cfg.n_patches, cfg.vit_dim), np.float16)
+        self.done = np.zeros(len(split), bool)
+
+    @torch.no_grad()
+    def get(self, idx, px, fm):
+        nf = fm.sum(1).long().tolist()
+        todo = [j for j, i in enumerate(idx) if not self.done[i]]
+        if todo:
+            keep = fm[todo].reshape(-1) > 0
+            new = self.vit(px[todo].reshape(-1, *px.shape[2:])[keep].to(DEV)).cpu().numpy().astype(np.float16)
+            o = 0
+            for j in todo:
+                self.taps[idx[j], :nf[j]] = new[o:o + nf[j]]
+                o += nf[j]
+            self.done[idx[todo]] = True
+        return torch.from_numpy(np.concatenate([self.taps[i, :n] for i, n in zip(idx, nf)]).astype(np.float32)).to(DEV)
 N_CLS = (1 + len(SHAPES), 1 + len(COLORS), 1 + len(SIZES))  # per-patch label classes (0 = empty)
 
 
@@ -284,9 +314,18 @@ def main():
     # words occur (multi-hot, BCE). It gives the from-scratch ViT a direct signal that does not pass through the
     # zero-initialised gates; without it the visual tokens collapse to image-independent vectors.
     bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size).to(DEV) if cfg["bow_coef"] else None
+    # Motion head (training only, not exported): from the last tap's memory tokens of the grid-cell queries of each
+    # frame, the direction of the object in that cell. It gives the memory mixer a direct signal for what video
+    # captions and direction questions need (comparing a clip's frames).
+    grid = model.cfg.resampler_grid or int(round(math.sqrt(model.cfg.n_query)))  # see model.spatial_prior
+    motion = None
+    if cfg["motion_coef"]:
+        assert model.cfg.resampler_prior > 0 and model.cfg.memory_mixer, "the motion head needs grid queries and a mixer"
+        motion = torch.nn.Linear(model.cfg.d_visual, 1 + len(DIRECTIONS)).to(DEV)
     groups = [g for name in cfg["train"] for g in optimizer_groups(model, [name], cfg, cfg["lr_mult"].get(name, 1.0))]
-    if bow is not None:
-        groups.append({"params": list(bow.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": "bow"})
+    for head, name in ((bow, "bow"), (motion, "motion")):
+        if head is not None:
+            groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": name})
     opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(fh, f"# model {json.dumps(model.cfg.to_dict())}")
@@ -305,12 +344,16 @@ def main():
         img_b = Batches(images, vocab, cfg["batch_images"], cfg["qa_per_image"], rng)
         vid_b = Batches(clips, vocab, cfg["batch_clips"], 1, rng) if cfg["batch_clips"] else None
 
+    unfreeze = cfg["unfreeze"] if isinstance(cfg["unfreeze"], list) else [cfg["unfreeze"]] if cfg["unfreeze"] else []
+    trains_vit = "vit" in cfg["train"] or any("vit" in u["groups"] for u in unfreeze)
+    caches = {} if stage == 1 or trains_vit else {"img": TapsCache(model, images)}
+    if caches and clips is not None:
+        caches["vid"] = TapsCache(model, clips)
     model.train()
     t_start = time.time()
     cpu_start = time.process_time()
     seen = 0
     expert_counts = None
-    unfreeze = cfg["unfreeze"] if isinstance(cfg["unfreeze"], list) else [cfg["unfreeze"]] if cfg["unfreeze"] else []
     pending = sorted(unfreeze, key=lambda u: u["at"])
     for step in range(cfg["steps"]):
         while pending and step >= int(pending[0]["at"] * cfg["steps"]):
@@ -333,7 +376,8 @@ def main():
                 logits, _, _ = model.decoder.run(x, batch["bias"])
             else:
                 px, fm = b.split.frames(idx)
-                (xk, xv, xm), aux = model.encode(px.to(DEV), fm.to(DEV))
+                taps = caches[kind].get(idx, px, fm) if caches else None
+                (xk, xv, xm), aux = model.encode(px.to(DEV), fm.to(DEV), taps)
                 logits, _, _ = model.decoder.run(x, batch["bias"], None, None, xk, xv, xm)
                 if bow is not None and kind == "img":
                     words = torch.zeros(len(idx), model.cfg.vocab_size)
@@ -343,6 +387,13 @@ def main():
                     bow_loss = F.binary_cross_entropy_with_logits(logit, words.to(DEV))
                     parts["bow"] = bow_loss.item()
                     extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
+                if motion is not None and kind == "vid":
+                    Fr, Q = fm.shape[1], model.cfg.n_query
+                    cells = aux["memory_tokens"][-1].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]
+                    tgt = torch.from_numpy(np.stack([cell_directions(b.split.rows[i], Fr, grid) for i in idx])).to(DEV)
+                    motion_loss = F.cross_entropy(motion(cells).flatten(0, 2), tgt.flatten(), ignore_index=-100)
+                    parts["motion"] = motion_loss.item()
+                    extra_loss = extra_loss + cfg["motion_coef"] * motion_loss
                 if "lb_loss" in aux:
                     aux_loss = aux_loss + aux["lb_loss"]
                     c = aux["expert_counts"]

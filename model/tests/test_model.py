@@ -66,9 +66,13 @@ def test_gates_start_at_zero(seeded):
     assert torch.equal(with_img, text_only)
 
 
-def test_frame_aware_memory(seeded):
-    m = EVLM(tiny(expert_form="dense")).eval()
+@pytest.mark.parametrize("mixer", [0, 1])
+def test_frame_aware_memory(seeded, mixer):
+    m = EVLM(tiny(expert_form="dense", memory_mixer=mixer)).eval()
     torch.nn.init.normal_(m.memory.frame_emb, 0, 1.0)
+    for p in m.memory.parameters():  # a trained mixer: its residual branches are not zero any more
+        if p.dim() == 2 and mixer:
+            torch.nn.init.normal_(p, 0, 0.2)
     for layer in m.decoder.layers:
         layer.xattn.attn_gate.data.fill_(1.0)
     Q, D = m.cfg.n_query, m.cfg.d_visual
@@ -99,6 +103,20 @@ def test_frame_aware_memory(seeded):
         # frame order is visible (temporal embedding): swapping two frames changes the memory
         ks, _, _ = m.memory(a[:, [1, 0, 2]], torch.ones(1, 3))
         assert not torch.allclose(ks[..., :Q, :], k[..., Q:2 * Q, :])
+        if mixer:  # the mixer lets a frame's tokens see the other valid frames (motion) ...
+            k4, _, _ = m.memory(b, torch.ones(1, 3))
+            k5, _, _ = m.memory(a, torch.ones(1, 3))
+            assert not torch.allclose(k4[..., :Q, :], k5[..., :Q, :])
+
+
+def test_memory_mixer_starts_as_the_identity(seeded):
+    m = EVLM(tiny(memory_mixer=2)).eval()
+    plain = EVLM(tiny()).eval()
+    plain.memory.load_state_dict({k: v for k, v in m.memory.state_dict().items() if ".mixer." not in f".{k}"})
+    vt, fm = torch.randn(2, 3, m.cfg.n_taps, m.cfg.n_query, m.cfg.d_visual), torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    with torch.no_grad():
+        for a, b in zip(m.memory(vt, fm), plain.memory(vt, fm)):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("form", ["evlm", "eve"])
@@ -189,3 +207,14 @@ def test_resampler_grid_prior_and_deep_stem(seeded):
     assert int(b[0].argmax()) == 9                          # top-left cell: centre at patch (1.33, 1.33) -> (1, 1)
     m = EVLM(tiny(vit_stem="deep", expert_form="dense"))
     assert m.vit(torch.randn(2, 3, 64, 64)).shape == (2, 2, 64, 32)
+
+
+def test_cell_directions_labels_the_cell_each_frame_holds():
+    from data import cell_directions
+    row = {"num_frames": 2, "scene": {"width": 90, "height": 90, "objects": [
+        {"direction": "right", "path": [[10, 10], [40, 10]]}, {"direction": "up", "path": [[80, 80], [80, 70]]}]}}
+    out = cell_directions(row, 3)
+    assert out.shape == (3, 9)
+    assert out[0].tolist() == [4, 0, 0, 0, 0, 0, 0, 0, 1]   # frame 0: cells (0,0) right, (2,2) up
+    assert out[1].tolist() == [0, 4, 0, 0, 0, 0, 0, 0, 1]   # frame 1: the first object moved to cell (0,1)
+    assert out[2].tolist() == [-100] * 9                    # past the clip's end: ignored

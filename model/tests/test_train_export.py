@@ -71,7 +71,7 @@ def train(tmp_path, stage, steps, **extra):
 
 def test_three_stage_smoke_training_loss_falls(tmp_path):
     make_dataset(tmp_path / "data")
-    model = {**TINY, "expert_form": "dense", "vit_stem": "deep"}
+    model = {**TINY, "expert_form": "dense", "vit_stem": "deep", "memory_mixer": 1}
     # stage 0 (vision encoder pre-training, per-patch labels from the scenes): the loss falls, only the ViT moves
     l0, out0 = train(tmp_path, 0, 12, model=model, batch_clips=2, grid_taps=[0, 1], lr=1e-2)
     assert l0[-1] < l0[0], out0
@@ -84,11 +84,12 @@ def test_three_stage_smoke_training_loss_falls(tmp_path):
     l1, _ = train(tmp_path, 1, 10, init="stage0.pt", train=["decoder"], loss_on_prompt=True)
     l2, out2 = train(tmp_path, 2, 20, init="stage1.pt", train=["vit", "resampler", "experts", "memory", "xattn", "gates"],
                      batch_clips=2, unfreeze=[{"at": 0.5, "groups": ["decoder"], "lr_mult": 0.1}], lr_mult={"gates": 10},
-                     gate_push=0.1, gate_push_steps=5, bow_coef=1.0)
+                     gate_push=0.1, gate_push_steps=5, bow_coef=1.0, motion_coef=1.0)
     l3, out3 = train(tmp_path, 3, 6, init="stage2.pt", model={"expert_form": "evlm"}, train=["experts"], batch_clips=2)
     assert l1[-1] < l1[0]
     assert len(l2) >= 2 and l2[-1] < l2[0], out2  # 20 steps of stage 2: the loss falls
     assert "unfreezing ['decoder']" in out2
+    assert all('"motion"' in l for l in out2.splitlines() if l.startswith('{"step"') and '"loss"' in l)  # motion head on
     gates = [json.loads(l)["gates"] for l in out2.splitlines() if l.startswith('{"step"') and '"gates"' in l]
     assert any(g != 0 for g in gates[-1])  # the gates left 0
     # checkpoints carry their config; stage 3 upcycled the visual FFN into experts
@@ -103,11 +104,11 @@ def test_three_stage_smoke_training_loss_falls(tmp_path):
     assert all(torch.equal(s2[k], s3[k]) for k in s2 if not k.startswith("experts."))
 
 
-@pytest.mark.parametrize("form", ["evlm", "eve"])
-def test_export_tiny_random_config(tmp_path, form):
+@pytest.mark.parametrize("form,mixer", [("evlm", 1), ("eve", 0)])
+def test_export_tiny_random_config(tmp_path, form, mixer):
     from export import export, read_onnx_io
     torch.manual_seed(0)
-    m = EVLM(tiny(expert_form=form))
+    m = EVLM(tiny(expert_form=form, memory_mixer=mixer))
     for layer in m.decoder.layers:
         layer.xattn.attn_gate.data.fill_(0.5)
     out = tmp_path / "pkg"
