@@ -6,7 +6,8 @@
 #   bash model/recipe.sh                 # DATA=out/evlm-data RUN=out/evlm PACKAGE=fixtures/models/evlm-tiny
 #
 # Each step's wall-clock and CPU seconds are appended to $RUN/times.tsv; the stage logs go to $RUN/stage{0,1,2,3}.log.
-# torch runs on one thread (OpenBLAS, libopenblas0-pthread); the data generator uses both cores.
+# torch runs on one thread per process (OpenBLAS, libopenblas0-pthread); the data generator uses both cores, and
+# stages 0 and 1 run side by side, one per core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-out/evlm-data}
@@ -40,8 +41,15 @@ step data_val_test bash -c "
   node dist/scenes/cli.js --quiet --split test --kind vqa --seed 3000001 --rows 512 --out '$DATA/test' --name vqa &&
   node dist/scenes/cli.js --quiet --split test --kind video --seed 3000002 --rows 512 --out '$DATA/test' --name video"
 
-for s in 0 1 2 3; do
-  step "stage$s" $PY model/train.py --config "model/configs/stage$s.json" --data "$DATA" --out "$RUN"
+# stage 1 (text only) does not need stage 0's vision encoder: it runs on the second core beside stage 0, from the
+# same initial weights (init_seed), and stage 2 takes the ViT from stage0.pt (init_from)
+train() { $PY model/train.py --config "model/configs/stage$1.json" --data "$DATA" --out "$RUN"; }
+step stage0 train 0 &
+stage0=$!
+step stage1 train 1 >/dev/null
+wait $stage0
+for s in 2 3; do
+  step "stage$s" train $s
 done
 step evaluate $PY model/evaluate.py --checkpoint "$RUN/stage3.pt" --data "$DATA/test" --json "$RUN/eval.json"
 step export $PY model/export.py --checkpoint "$RUN/stage3.pt" --samples "$DATA/test" --evaluation "$RUN/eval.json" \

@@ -39,6 +39,10 @@ from data import (BOS, COLORS, DIRECTIONS, SEP, SHAPES, SIZES, Split, Vocab, cel
 DEFAULTS = {
     "stage": 1,
     "init": None,               # checkpoint of the previous stage (relative to --out)
+    "init_from": {},            # {module: checkpoint}: these modules' weights from another checkpoint of the same
+                                # architecture (stage 2: the ViT of stage 0, when stage 1 ran beside stage 0)
+    "init_seed": None,          # with init None: torch seed of the model's construction (default: seed); stage 1
+                                # uses stage 0's, so that it starts from exactly the decoder stage 0 saved
     "model": {},                # EVLMConfig fields (stage 1: the architecture; stage 3: expert_form etc.)
     "train": ["decoder"],       # parameter groups that learn (model.EVLM.param_groups)
     "steps": 1000,
@@ -86,10 +90,22 @@ def lr_at(step, cfg):
     return cfg["lr"] * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+MODULES = ("vit", "resampler", "experts", "memory", "decoder")
+
+
 def build_model(cfg, out_dir):
     if cfg["init"] is None:
-        return EVLM(EVLMConfig(**cfg["model"]))
+        if cfg["init_seed"] is not None:
+            torch.manual_seed(cfg["init_seed"])
+        model = EVLM(EVLMConfig(**cfg["model"]))
+        torch.manual_seed(cfg["seed"])
+        return model
     prev, _ = load_checkpoint(os.path.join(out_dir, cfg["init"]))
+    for module, path in cfg["init_from"].items():
+        assert module in MODULES, f"init_from: unknown module {module!r} (one of {MODULES})"
+        other, _ = load_checkpoint(os.path.join(out_dir, path))
+        assert other.cfg.to_dict() == prev.cfg.to_dict(), f"init_from: {path} and {cfg['init']} differ in architecture"
+        getattr(prev, module).load_state_dict(getattr(other, module).state_dict())
     want = {**prev.cfg.to_dict(), **cfg["model"]}
     if want == prev.cfg.to_dict():
         return prev

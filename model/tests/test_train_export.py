@@ -141,3 +141,23 @@ def test_export_tiny_random_config(tmp_path, form, mixer):
     greedy = json.loads((out / "reference" / "greedy.json").read_text())
     assert {s["task"] for s in greedy["samples"]} == {"caption", "vqa"} and len(greedy["video"]["samples"]) == 2
     assert all(len(s["expected_ids"]) >= 1 for s in greedy["samples"])
+
+
+def test_stage1_beside_stage0_starts_from_the_same_weights(tmp_path):
+    """The recipe runs stage 1 beside stage 0 (init None, init_seed = stage 0's seed) and stage 2 takes the ViT
+    from stage 0 (init_from): the same model as stage 1 initialised from stage0.pt."""
+    import train as train_py
+    make_dataset(tmp_path / "data", n_img=16, n_clip=4)
+    model = {**TINY, "expert_form": "dense", "memory_mixer": 1}
+    train(tmp_path, 0, 3, model=model, batch_clips=2)
+    common = dict(train=["decoder"], batch_images=4, seed=1)
+    train(tmp_path, 1, 3, init="stage0.pt", **common)
+    os.rename(tmp_path / "run" / "stage1.pt", tmp_path / "run" / "stage1_after_0.pt")
+    train(tmp_path, 1, 3, init=None, init_seed=0, model=model, **common)
+    a = torch.load(tmp_path / "run" / "stage1_after_0.pt")["model"]
+    b = torch.load(tmp_path / "run" / "stage1.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("vit."))
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("vit."))  # stage 1 alone has the untrained ViT
+    cfg = {**train_py.DEFAULTS, "init": "stage1.pt", "init_from": {"vit": "stage0.pt"}}
+    merged = train_py.build_model(cfg, str(tmp_path / "run")).state_dict()
+    assert all(torch.equal(merged[k], a[k]) for k in a)
