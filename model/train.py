@@ -103,7 +103,8 @@ def build_model(cfg, out_dir):
     prev, _ = load_checkpoint(os.path.join(out_dir, cfg["init"]))
     for module, path in cfg["init_from"].items():
         assert module in MODULES, f"init_from: unknown module {module!r} (one of {MODULES})"
-        other, _ = load_checkpoint(os.path.join(out_dir, path))
+        with torch.random.fork_rng():  # building it must not move the torch RNG (the training heads draw from it)
+            other, _ = load_checkpoint(os.path.join(out_dir, path))
         assert other.cfg.to_dict() == prev.cfg.to_dict(), f"init_from: {path} and {cfg['init']} differ in architecture"
         getattr(prev, module).load_state_dict(getattr(other, module).state_dict())
     want = {**prev.cfg.to_dict(), **cfg["model"]}

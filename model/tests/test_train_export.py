@@ -159,5 +159,10 @@ def test_stage1_beside_stage0_starts_from_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("vit."))
     assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("vit."))  # stage 1 alone has the untrained ViT
     cfg = {**train_py.DEFAULTS, "init": "stage1.pt", "init_from": {"vit": "stage0.pt"}}
+    torch.manual_seed(5)
     merged = train_py.build_model(cfg, str(tmp_path / "run")).state_dict()
+    after_merge = torch.rand(4)
     assert all(torch.equal(merged[k], a[k]) for k in a)
+    torch.manual_seed(5)
+    train_py.build_model({**cfg, "init": "stage1_after_0.pt", "init_from": {}}, str(tmp_path / "run"))
+    assert torch.equal(torch.rand(4), after_merge)  # the same random state for what stage 2 initialises next
