@@ -324,12 +324,12 @@ def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name
         vtok = graphs["resampler"](taps)
         tokens = vtok.reshape(-1, D)                                          # N = 2*L*Q
         e_ids = [0, cfg.n_experts - 1]
-        vid_tok = graphs["resampler"](graphs["vit"](smp["video"][0, :3]))     # 3 frames of the clip
+        vid_tok = graphs["resampler"](graphs["vit"](smp["video"][0, :2]))     # 2 frames of the clip
         refined_img = route_and_combine(graphs["router"], graphs["experts"], tokens, cfg.top_k).view(2, L, Q, D)
-        refined_vid = route_and_combine(graphs["router"], graphs["experts"], vid_tok.reshape(-1, D), cfg.top_k).view(1, 3, L, Q, D)
-        # xattn_kv case: a 3-frame clip and an image padded to 3 frames
-        vt = torch.cat([refined_vid, torch.cat([refined_img[:1, None], torch.zeros(1, 2, L, Q, D)], 1)], 0)  # [2,3,L,Q,D]
-        fmask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.long)
+        refined_vid = route_and_combine(graphs["router"], graphs["experts"], vid_tok.reshape(-1, D), cfg.top_k).view(1, 2, L, Q, D)
+        # xattn_kv case: a 2-frame clip and an image padded to 2 frames
+        vt = torch.cat([refined_vid, torch.cat([refined_img[:1, None], torch.zeros(1, 1, L, Q, D)], 1)], 0)  # [2,2,L,Q,D]
+        fmask = torch.tensor([[1, 1], [1, 0]], dtype=torch.long)
         xk, xv, xm = graphs["xattn_kv"](vt, fmask)
         # decoder prefill case: left-padded prompts (a caption and a question), S = 0
         prompts = [[BOS], [BOS] + vocab.encode(smp["questions"][0]) + [SEP]]
@@ -347,8 +347,8 @@ def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name
         pos2 = pos[:, -1:] + 1
         step = graphs["decoder"](nxt, pos2, am2, pre[1], pre[2], xk, xv, xm)
         # llava prefill (visual tokens + prompt) and one step
-        vis = refined_img.reshape(2, L * Q, D)
-        lam = torch.cat([torch.ones(2, L * Q, dtype=torch.long), am], 1)
+        vis = refined_img[:, -1]  # the last tap's Q tokens (Mv is dynamic; a smaller reference keeps the package small)
+        lam = torch.cat([torch.ones(2, Q, dtype=torch.long), am], 1)
         lpre = graphs["llava_decoder"](vis, ids, pos, lam, empty, empty)
         lnxt = lpre[0][:, -1].argmax(-1, keepdim=True)
         lam2 = torch.cat([lam, torch.ones(2, 1, dtype=torch.long)], 1)
@@ -359,7 +359,7 @@ def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name
         "resampler": [(None, (taps,), "the taps of vit's reference output")],
         "router": [(None, (tokens,), "the visual tokens of the two images, flattened: N = 2*L*Q")],
         "experts": [(f"e{e}", (tokens[:7], torch.tensor(e)), f"seven tokens through expert {e}") for e in e_ids],
-        "xattn_kv": [(None, (vt, fmask), "row 0: three frames of a clip; row 1: an image padded to three frames")],
+        "xattn_kv": [(None, (vt, fmask), "row 0: two frames of a clip; row 1: an image padded to two frames")],
         "decoder": [("prefill", (ids, pos, am, empty, empty, xk, xv, xm),
                      "left-padded prompts (caption <bos>; <bos> question <sep>), empty cache S = 0"),
                     ("step", (nxt, pos2, am2, pre[1], pre[2], xk, xv, xm), "one cached step after the prefill (T = 1)")],
@@ -381,7 +381,7 @@ def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name
         ref_tok, _ = model.experts(vtok)
         check(max_diff(ref_tok, refined_img) <= 1e-5, f"router/experts composition differs from VisualExperts.forward")
         # xattn memory of the composed path == EVLM.encode
-        pv = torch.stack([smp["video"][0, :3], torch.cat([px[:1], torch.zeros(2, *px.shape[1:])])])
+        pv = torch.stack([smp["video"][0, :2], torch.cat([px[:1], torch.zeros(1, *px.shape[1:])])])
         (ek, ev, em), _ = model.encode(pv, fmask)
         check(max_diff((ek, ev, em), (xk, xv, xm)) <= 1e-5, "xattn_kv of the composed path differs from EVLM.encode")
         # cached prefill + step == one uncached pass over prompt + next token
