@@ -153,7 +153,7 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block (ViT)."""
+    """Pre-LN transformer block (ViT; the memory mixer's blocks pass an additive key mask)."""
 
     def __init__(self, dim, n_head, mlp_hidden):
         super().__init__()
@@ -162,8 +162,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_hidden)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x, bias=None):
+        x = x + self.attn(self.ln1(x), bias)
         return x + self.mlp(self.ln2(x))
 
 
@@ -440,20 +440,9 @@ class CrossMemory(nn.Module):
         return torch.stack(ks, dim=1), torch.stack(vs, dim=1), xattn_mask  # [B,n_layer,H,M,dh] x2, [B,M]
 
 
-class MixerBlock(nn.Module):
-    """Pre-LN self-attention + MLP over memory tokens with an additive key mask; both residual branches start at
-    zero (output projections zero-initialised), so a new mixer leaves the memory unchanged."""
-
-    def __init__(self, dim, n_head, mlp_hidden):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, n_head)
-        self.ln2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_hidden)
-
-    def forward(self, x, bias):
-        x = x + self.attn(self.ln1(x), bias)
-        return x + self.mlp(self.ln2(x))
+class MixerBlock(Block):
+    """A Block over memory tokens (forward(x, key mask bias)) whose two residual branches start at zero: EVLM
+    zero-initialises their output projections, so a new mixer leaves the memory unchanged."""
 
 
 # ----------------------------------------------------------------------------- 5. decoder
