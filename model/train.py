@@ -21,7 +21,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,7 +31,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: the machi
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import EVLM, EVLMConfig, VisualExperts, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
@@ -45,6 +49,7 @@ DEFAULTS = {
                                 # uses stage 0's, so that it starts from exactly the decoder stage 0 saved
     "model": {},                # EVLMConfig fields (stage 1: the architecture; stage 3: expert_form etc.)
     "train": ["decoder"],       # parameter groups that learn (model.EVLM.param_groups)
+    "freeze": [],               # parameter name prefixes that stay frozen inside those groups (e.g. "memory.mixer")
     "steps": 1000,
     "batch_images": 32,         # images per step (stage 1: text rows per step)
     "batch_clips": 0,           # video clips per step
@@ -72,11 +77,16 @@ DEFAULTS = {
     "grid_taps": [-1],          # stage 0: taps (indices into cfg.taps) that carry the per-patch label heads
     "cover_coef": 1.0,          # stage 0: weight of the "cover" labels relative to the "cell" labels
     "motion_coef": 0.0,         # stage 2: weight of the training-only motion head (clips; see cell_directions)
+    "procs": 1,                 # data-parallel processes, one torch thread each: every process takes its share of
+                                # the batch from its own half (third, ...) of the rows, and the gradients are averaged
+                                # (gloo all-reduce) before every step, so the weights stay identical in all of them
     "seed": 0,
 }
 
 
 def log(fh, msg):
+    if fh is None:  # data-parallel processes other than the first one are silent
+        return
     print(msg, flush=True)
     fh.write(msg + "\n")
     fh.flush()
@@ -122,9 +132,10 @@ def build_model(cfg, out_dir):
 def optimizer_groups(model, groups, cfg, lr_mult=1.0):
     """AdamW parameter groups for the named parts: weight decay on matrices only."""
     named = model.param_groups()
+    frozen = {id(p) for n, p in model.named_parameters() if any(n.startswith(f) for f in cfg["freeze"])}
     out = []
     for g in groups:
-        ps = named[g]
+        ps = [p for p in named[g] if id(p) not in frozen]
         for p in ps:
             p.requires_grad_(True)
         d = [p for p in ps if p.dim() >= 2]
@@ -137,16 +148,19 @@ def optimizer_groups(model, groups, cfg, lr_mult=1.0):
 
 
 class Batches:
-    """Epoch-shuffled indices over a split; packs each row's caption + questions."""
+    """Epoch-shuffled indices over a split; packs each row's caption + questions. With data-parallel processes
+    (world > 1) each process draws n / world rows per step from its own rows (rank, rank + world, ...)."""
 
-    def __init__(self, split: Split, vocab, n, n_qa, rng, loss_on_prompt=False):
-        self.split, self.vocab, self.n, self.n_qa, self.rng = split, vocab, n, n_qa, rng
+    def __init__(self, split: Split, vocab, n, n_qa, rng, loss_on_prompt=False, rank=0, world=1):
+        assert n % world == 0, f"a batch of {n} rows does not split evenly over {world} processes"
+        self.split, self.vocab, self.n, self.n_qa, self.rng = split, vocab, n // world, n_qa, rng
         self.loss_on_prompt = loss_on_prompt
-        self.order, self.pos, self.epoch = rng.permutation(len(split)), 0, 0
+        self.rows = np.arange(rank, len(split), world)
+        self.order, self.pos, self.epoch = rng.permutation(self.rows), 0, 0
 
     def indices(self):
         if self.pos + self.n > len(self.order):
-            self.order, self.pos, self.epoch = self.rng.permutation(len(self.split)), 0, self.epoch + 1
+            self.order, self.pos, self.epoch = self.rng.permutation(self.rows), 0, self.epoch + 1
         idx = self.order[self.pos:self.pos + self.n]
         self.pos += self.n
         return np.sort(idx)
@@ -154,6 +168,32 @@ class Batches:
     def text(self, idx):
         segs = [segments_for(self.split.rows[i], self.vocab, self.n_qa, self.rng) for i in idx]
         return pack(segs, self.loss_on_prompt)
+
+
+def average_gradients(params, world):
+    """Data parallel: replace every gradient by its mean over the processes (one all-reduce of one flat buffer).
+    The sum is computed once and sent to every process, so all of them take the same optimizer step."""
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world
+    for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(avg)
+
+
+def broadcast_weights(modules, world):
+    """Data parallel: every process starts from the first process's weights (they are built from the same seed; this
+    makes it a guarantee)."""
+    if world == 1:
+        return
+    for m in modules:
+        for t in m.state_dict().values():
+            dist.broadcast(t, 0)
 
 
 def text_loss(logits, batch, cfg):
@@ -229,7 +269,7 @@ def grid_targets(split, idx):
     return px.reshape(-1, *px.shape[2:])[keep], labels
 
 
-def pretrain_vision(cfg, args, fh, images, clips):
+def pretrain_vision(cfg, args, fh, images, clips, rank, world):
     """Stage 0: the ViT alone, supervised per patch (see the module docstring). Writes stage0.pt."""
     model = build_model(cfg, args.out).to(DEV)
     for p in model.parameters():
@@ -240,9 +280,11 @@ def pretrain_vision(cfg, args, fh, images, clips):
     opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
     log(fh, f"# model {json.dumps(model.cfg.to_dict())}")
     log(fh, f"# params {sum(p.numel() for p in model.parameters())}, trainable {sum(p.numel() for p in model.vit.parameters())} (vit) + heads")
-    rng = np.random.default_rng(cfg["seed"])
-    img_b = Batches(images, None, cfg["batch_images"], 0, rng)
-    vid_b = Batches(clips, None, cfg["batch_clips"], 0, rng) if cfg["batch_clips"] else None
+    broadcast_weights([model, heads], world)
+    rng = row_rng(cfg, rank, world)
+    img_b = Batches(images, None, cfg["batch_images"], 0, rng, rank=rank, world=world)
+    vid_b = Batches(clips, None, cfg["batch_clips"], 0, rng, rank=rank, world=world) if cfg["batch_clips"] else None
+    params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
     t_start, cpu_start, seen, hist = time.time(), time.process_time(), 0, []
     for step in range(cfg["steps"]):
@@ -269,9 +311,10 @@ def pretrain_vision(cfg, args, fh, images, clips):
                 o += n
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg["grad_clip"])
+        average_gradients(params, world)
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
         opt.step()
-        seen += len(px)
+        seen += len(px) * world
         hist.append(acc[-3:])  # the last tap's cell accuracies on object patches: shape, color, size
         if step % 25 == 0 or step == cfg["steps"] - 1:
             el = time.time() - t_start
@@ -283,7 +326,8 @@ def pretrain_vision(cfg, args, fh, images, clips):
     metrics = {"train_seconds": round(time.time() - t_start, 1), "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
                "steps": cfg["steps"], "frames_seen": seen, "patch_acc_last25": np.mean(hist[-25:], axis=0).round(4).tolist()}
     model.eval()
-    save_checkpoint(os.path.join(args.out, "stage0.pt"), model, stage=0, train_config=cfg, metrics=metrics)
+    if rank == 0:
+        save_checkpoint(os.path.join(args.out, "stage0.pt"), model, stage=0, train_config=cfg, metrics=metrics)
     log(fh, f"# done: {json.dumps(metrics)}; wrote {os.path.join(args.out, 'stage0.pt')}")
 
 
@@ -294,34 +338,69 @@ def main():
     ap.add_argument("--out", default="out/evlm", help="run directory: checkpoints and logs")
     ap.add_argument("--steps", type=int, default=None, help="override the config's steps (smoke tests)")
     ap.add_argument("--device", default="cpu", help="torch device (the committed model is trained on cpu)")
+    ap.add_argument("--procs", type=int, default=None, help="override the config's data-parallel processes")
     args = ap.parse_args()
 
     cfg = {**DEFAULTS, **json.load(open(args.config))}
     if args.steps is not None:
         cfg["steps"] = args.steps
+    if args.procs is not None:
+        cfg["procs"] = args.procs
+    world = cfg["procs"]
+    if world == 1:
+        return run(0, 1, args, cfg, None)
+    assert args.device == "cpu", "data-parallel training (procs > 1) is for the CPU recipe"
+    rendezvous = tempfile.mkdtemp(prefix="evlm-train-")
+    try:  # one process per rank; an exception in one of them ends them all and is raised here
+        torch.multiprocessing.spawn(run, args=(world, args, cfg, os.path.join(rendezvous, "init")), nprocs=world)
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
+
+
+def row_rng(cfg, rank, world):
+    """The numpy generator that picks a process's rows and questions: seeded by the stage's seed (and the rank)."""
+    if world == 1:
+        return np.random.default_rng(cfg["seed"])
+    return np.random.default_rng(np.random.SeedSequence(cfg["seed"]).spawn(world)[rank])
+
+
+def run(rank, world, args, cfg, rendezvous):
+    """One training process (of `world` data-parallel ones; the first one logs and writes the checkpoints)."""
     torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     global DEV
     DEV = torch.device(args.device)
     torch.manual_seed(cfg["seed"])
-    rng = np.random.default_rng(cfg["seed"])
+    rng = row_rng(cfg, rank, world)
     os.makedirs(args.out, exist_ok=True)
     stage = cfg["stage"]
-    fh = open(os.path.join(args.out, f"stage{stage}.log"), "w")
+    fh = open(os.path.join(args.out, f"stage{stage}.log"), "w") if rank == 0 else None
     log(fh, f"# stage {stage} config {json.dumps(cfg)}")
 
     vocab = Vocab(os.path.join(args.data, "vocab.txt"))
     t0 = time.time()
     images = Split.load(args.data, cfg["images"])
     clips = Split.load(args.data, cfg["video"]) if cfg["batch_clips"] or stage == 1 else None
+    log(fh, f"# data: {len(images)} images" + (f", {len(clips)} clips" if clips else "") + f" loaded in {time.time() - t0:.1f}s")
     if stage == 0:
-        return pretrain_vision(cfg, args, fh, images, clips)
+        pretrain_vision(cfg, args, fh, images, clips, rank, world)
+    else:
+        train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
+    """Stages 1, 2 and 3 (see the module docstring). Writes stage{n}.pt."""
+    stage = cfg["stage"]
     val = {}
     if cfg["val_dir"] and cfg["eval_every"]:
         vd = os.path.join(args.data, cfg["val_dir"])
         val["val"] = Split.load(vd, "val", limit=cfg["eval_rows"])
         if cfg["batch_clips"]:
             val["val_video"] = Split.load(vd, "video", limit=cfg["eval_rows"] // 2)
-    log(fh, f"# data: {len(images)} images" + (f", {len(clips)} clips" if clips else "") + f" loaded in {time.time() - t0:.1f}s")
 
     model = build_model(cfg, args.out).to(DEV)
     assert model.cfg.vocab_size == len(vocab)
@@ -355,11 +434,12 @@ def main():
     if stage == 1:  # text only: captions and QA of images and clips, as packed rows
         texts = [r for r in images.rows] + ([r for r in clips.rows] if clips else [])
         text_split = Split(np.zeros((len(texts), 1), np.uint8), texts, False)
-        img_b = Batches(text_split, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, cfg["loss_on_prompt"])
+        img_b = Batches(text_split, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, cfg["loss_on_prompt"], rank, world)
         vid_b = None
     else:
-        img_b = Batches(images, vocab, cfg["batch_images"], cfg["qa_per_image"], rng)
-        vid_b = Batches(clips, vocab, cfg["batch_clips"], 1, rng) if cfg["batch_clips"] else None
+        img_b = Batches(images, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, rank=rank, world=world)
+        vid_b = Batches(clips, vocab, cfg["batch_clips"], 1, rng, rank=rank, world=world) if cfg["batch_clips"] else None
+    broadcast_weights([m for m in (model, bow, motion) if m is not None], world)
 
     unfreeze = cfg["unfreeze"] if isinstance(cfg["unfreeze"], list) else [cfg["unfreeze"]] if cfg["unfreeze"] else []
     trains_vit = "vit" in cfg["train"] or any("vit" in u["groups"] for u in unfreeze)
@@ -418,7 +498,7 @@ def main():
             s, n, p = text_loss(logits, batch, cfg)
             total, count = total + s, count + n
             parts.update({f"{kind}_{k}": v for k, v in p.items()})
-            seen += len(idx)
+            seen += len(idx) * world
         loss = total / count + cfg["lb_coef"] * aux_loss + extra_loss
         if step < cfg["gate_push_steps"]:
             # Cross-attention gates start at 0, so the stage starts from the unchanged language model. With a
@@ -428,7 +508,9 @@ def main():
             loss = loss - cfg["gate_push"] * sum(p.sum() for p in model.param_groups()["gates"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg["grad_clip"])
+        params = [p for g in opt.param_groups for p in g["params"]]
+        average_gradients(params, world)
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
         opt.step()
 
         if step % 25 == 0 or step == cfg["steps"] - 1:
@@ -441,7 +523,7 @@ def main():
             if stage > 1:
                 msg["gates"] = [round(float(torch.tanh(l.xattn.attn_gate)), 3) for l in model.decoder.layers]
             log(fh, json.dumps(msg))
-        if cfg["eval_every"] and val and ((step + 1) % cfg["eval_every"] == 0 or step == cfg["steps"] - 1):
+        if rank == 0 and cfg["eval_every"] and val and ((step + 1) % cfg["eval_every"] == 0 or step == cfg["steps"] - 1):
             te, ce = time.time(), time.process_time()
             res = validate(model, vocab, val, cfg["eval_rows"])
             log(fh, json.dumps({"step": step + 1, "eval": {k: round(v, 4) for k, v in res.items()}, "eval_s": round(time.time() - te, 1)}))
@@ -453,9 +535,13 @@ def main():
     metrics = {"train_seconds": round(time.time() - t_start, 1), "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
                "steps": cfg["steps"], "rows_seen": seen}
     if expert_counts is not None:
+        if world > 1:
+            expert_counts = expert_counts.clone()
+            dist.all_reduce(expert_counts)
         metrics["expert_load_train"] = (expert_counts / expert_counts.sum()).tolist()
     model.eval()
-    save_checkpoint(os.path.join(args.out, f"stage{stage}.pt"), model, stage=stage, train_config=cfg, metrics=metrics)
+    if rank == 0:
+        save_checkpoint(os.path.join(args.out, f"stage{stage}.pt"), model, stage=stage, train_config=cfg, metrics=metrics)
     log(fh, f"# done: {json.dumps(metrics)}; wrote {os.path.join(args.out, f'stage{stage}.pt')}")
 
 

@@ -166,3 +166,14 @@ def test_stage1_beside_stage0_starts_from_the_same_weights(tmp_path):
     torch.manual_seed(5)
     train_py.build_model({**cfg, "init": "stage1_after_0.pt", "init_from": {}}, str(tmp_path / "run"))
     assert torch.equal(torch.rand(4), after_merge)  # the same random state for what stage 2 initialises next
+
+
+def test_freeze_keeps_named_parameters_out_of_the_optimizer():
+    import train as train_py
+    from conftest import tiny
+    m = EVLM(tiny(memory_mixer=1))
+    cfg = {**train_py.DEFAULTS, "freeze": ["memory.mixer"]}
+    params = {id(p) for g in train_py.optimizer_groups(m, ["memory"], cfg) for p in g["params"]}
+    mixer = {id(p) for p in m.memory.mixer.parameters()}
+    assert mixer and not params & mixer
+    assert params == {id(p) for p in m.memory.parameters()} - mixer
