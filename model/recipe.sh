@@ -6,8 +6,9 @@
 #   bash model/recipe.sh                 # DATA=out/evlm-data RUN=out/evlm PACKAGE=fixtures/models/evlm-tiny
 #
 # Each step's wall-clock and CPU seconds are appended to $RUN/times.tsv; the stage logs go to $RUN/stage{0,1,2,3}.log.
-# torch runs on one thread per process (OpenBLAS, libopenblas0-pthread); the data generator uses both cores, and
-# stages 0 and 1 run side by side, one per core.
+# torch runs on one thread per process (OpenBLAS, libopenblas0-pthread); the data generator uses both cores,
+# stages 0 and 1 run side by side, one per core, and stages 2 and 3 train as two data-parallel processes
+# ("procs": 2 in their configs: gradients averaged every step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-out/evlm-data}
