@@ -269,7 +269,7 @@ def grid_targets(split, idx):
     return px.reshape(-1, *px.shape[2:])[keep], labels
 
 
-def pretrain_vision(cfg, args, fh, images, clips, rank, world):
+def pretrain_vision(cfg, args, fh, images, clips, rng, rank, world):
     """Stage 0: the ViT alone, supervised per patch (see the module docstring). Writes stage0.pt."""
     model = build_model(cfg, args.out).to(DEV)
     for p in model.parameters():
@@ -281,7 +281,6 @@ def pretrain_vision(cfg, args, fh, images, clips, rank, world):
     log(fh, f"# model {json.dumps(model.cfg.to_dict())}")
     log(fh, f"# params {sum(p.numel() for p in model.parameters())}, trainable {sum(p.numel() for p in model.vit.parameters())} (vit) + heads")
     broadcast_weights([model, heads], world)
-    rng = row_rng(cfg, rank, world)
     img_b = Batches(images, None, cfg["batch_images"], 0, rng, rank=rank, world=world)
     vid_b = Batches(clips, None, cfg["batch_clips"], 0, rng, rank=rank, world=world) if cfg["batch_clips"] else None
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -384,7 +383,7 @@ def run(rank, world, args, cfg, rendezvous):
     clips = Split.load(args.data, cfg["video"]) if cfg["batch_clips"] or stage == 1 else None
     log(fh, f"# data: {len(images)} images" + (f", {len(clips)} clips" if clips else "") + f" loaded in {time.time() - t0:.1f}s")
     if stage == 0:
-        pretrain_vision(cfg, args, fh, images, clips, rank, world)
+        pretrain_vision(cfg, args, fh, images, clips, rng, rank, world)
     else:
         train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world)
     if world > 1:
@@ -396,7 +395,7 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
     """Stages 1, 2 and 3 (see the module docstring). Writes stage{n}.pt."""
     stage = cfg["stage"]
     val = {}
-    if cfg["val_dir"] and cfg["eval_every"]:
+    if rank == 0 and cfg["val_dir"] and cfg["eval_every"]:  # the first process validates
         vd = os.path.join(args.data, cfg["val_dir"])
         val["val"] = Split.load(vd, "val", limit=cfg["eval_rows"])
         if cfg["batch_clips"]:
@@ -523,7 +522,7 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
             if stage > 1:
                 msg["gates"] = [round(float(torch.tanh(l.xattn.attn_gate)), 3) for l in model.decoder.layers]
             log(fh, json.dumps(msg))
-        if rank == 0 and cfg["eval_every"] and val and ((step + 1) % cfg["eval_every"] == 0 or step == cfg["steps"] - 1):
+        if cfg["eval_every"] and val and ((step + 1) % cfg["eval_every"] == 0 or step == cfg["steps"] - 1):
             te, ce = time.time(), time.process_time()
             res = validate(model, vocab, val, cfg["eval_rows"])
             log(fh, json.dumps({"step": step + 1, "eval": {k: round(v, 4) for k, v in res.items()}, "eval_s": round(time.time() - te, 1)}))
