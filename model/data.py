@@ -201,13 +201,50 @@ def cell_directions(row, n_frames, grid=GRID):
     """Per frame and grid cell, the direction of motion of the clip's object in that cell (stage 2's training-only
     motion head): int64 [n_frames, grid*grid], 0 = no object, else 1 + index in DIRECTIONS; frames past the
     clip's end -100 (ignored)."""
+    return clip_cells(row, n_frames, grid, lambda k, o: 1 + DIRECTIONS.index(o["direction"]))
+
+
+def clip_cells(row, n_frames, grid, label):
+    """Per frame and grid cell of a clip, label(k, object) of the k-th object of the scene whose centre lies in that
+    cell on that frame (its path), 0 for no object: int64 [n_frames, grid*grid]; frames past the clip's end -100."""
     out = np.full((n_frames, grid * grid), -100, np.int64)
     sc = row["scene"]
     W, H = sc["width"], sc["height"]
     for f in range(min(n_frames, row["num_frames"])):
         out[f] = 0
-        for o in sc["objects"]:
+        for k, o in enumerate(sc["objects"]):
             x, y = o["path"][min(f, len(o["path"]) - 1)]
             r, c = min(int(grid * y / H), grid - 1), min(int(grid * x / W), grid - 1)
-            out[f, r * grid + c] = 1 + DIRECTIONS.index(o["direction"])
+            out[f, r * grid + c] = label(k, o)
     return out
+
+
+# Caption place of an image object (stage 2's training-only group head): 0 empty cell, 1 alone, then first / later
+# member of a group of two (2 / 3) or three (4 / 5).
+GROUP_CLASSES = 6
+
+
+def cell_groups(row, grid=GRID):
+    """Per grid cell of an image, the place of its object in the caption: int64 [1, grid*grid] (one frame), classes
+    as GROUP_CLASSES above. Objects with the same (size, color, shape) form one group, said once where its first
+    member comes in reading order (docs/data.md, Captions): to caption a scene the model must compare its objects.
+    An object's cell is that of its centre (on the scenes' 3x3 grid, its own cell)."""
+    out = np.zeros((1, grid * grid), np.int64)
+    sc = row["scene"]
+    objs = sorted(sc["objects"], key=lambda o: (o["row"], o["col"]))  # reading order
+    seen = set()
+    for o in objs:
+        key = (o["size"], o["color"], o["shape"])
+        n = sum((p["size"], p["color"], p["shape"]) == key for p in objs)
+        r, c = min(int(grid * o["y"] / sc["height"]), grid - 1), min(int(grid * o["x"] / sc["width"]), grid - 1)
+        out[0, r * grid + c] = 1 if n == 1 else 2 * (n - 1) + int(key in seen)
+        seen.add(key)
+    return out
+
+
+def cell_order(row, n_frames, grid=GRID):
+    """Per frame and grid cell of a clip, the place in the caption of the object in that cell (stage 2's training-only
+    order head): int64 [n_frames, grid*grid], 0 = no object, else 1 + the object's index in the caption, which names
+    the objects left to right by their first-frame position (the scene's object order); frames past the clip's end
+    -100 (ignored)."""
+    return clip_cells(row, n_frames, grid, lambda k, o: 1 + k)

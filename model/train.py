@@ -37,8 +37,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import EVLM, EVLMConfig, VisualExperts, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
-from data import (BOS, COLORS, DIRECTIONS, SEP, SHAPES, SIZES, Split, Vocab, cell_directions, pack, patch_labels,
-                  segments_for)  # noqa: E402
+from data import (BOS, COLORS, DIRECTIONS, GROUP_CLASSES, SEP, SHAPES, SIZES, Split, Vocab, cell_directions, cell_groups,
+                  cell_order, pack, patch_labels, segments_for)  # noqa: E402
 
 DEFAULTS = {
     "stage": 1,
@@ -76,7 +76,9 @@ DEFAULTS = {
     "bow_coef": 0.0,            # auxiliary bag-of-words loss on pooled visual tokens (images; stage 2)
     "grid_taps": [-1],          # stage 0: taps (indices into cfg.taps) that carry the per-patch label heads
     "cover_coef": 1.0,          # stage 0: weight of the "cover" labels relative to the "cell" labels
-    "motion_coef": 0.0,         # stage 2: weight of the training-only motion head (clips; see cell_directions)
+    "motion_coef": 0.0,         # stage 2: weight of the training-only cell heads (CELL_HEADS): motion (clips: the
+    "order_coef": 0.0,          # direction of each cell's object), order (clips: its place in the caption, which goes
+    "group_coef": 0.0,          # left to right) and group (images: alone, or first / later member of a group of 2 or 3)
     "procs": 1,                 # data-parallel processes, one torch thread each: every process takes its share of
                                 # the batch from its own half (third, ...) of the rows, and the gradients are averaged
                                 # (gloo all-reduce) before every step, so the weights stay identical in all of them
@@ -259,6 +261,14 @@ class TapsCache:
         return torch.from_numpy(np.concatenate([self.taps[i, :n] for i, n in zip(idx, nf)]).astype(np.float32)).to(DEV)
 N_CLS = (1 + len(SHAPES), 1 + len(COLORS), 1 + len(SIZES))  # per-patch label classes (0 = empty)
 
+# Stage 2's training-only cell heads: name -> (rows they read: "img" | "vid", classes, labels(row, frames, grid)
+# [frames, grid*grid]); each is on when its config "{name}_coef" is not 0
+CELL_HEADS = {
+    "motion": ("vid", 1 + len(DIRECTIONS), cell_directions),
+    "order": ("vid", 3, cell_order),
+    "group": ("img", GROUP_CLASSES, lambda row, frames, grid: cell_groups(row, grid)),
+}
+
 
 def grid_targets(split, idx):
     """Pixels of the rows idx (clips: every valid frame, flattened) and their per-patch labels [N,2,3,P]."""
@@ -409,16 +419,17 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
     # words occur (multi-hot, BCE). It gives the from-scratch ViT a direct signal that does not pass through the
     # zero-initialised gates; without it the visual tokens collapse to image-independent vectors.
     bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size).to(DEV) if cfg["bow_coef"] else None
-    # Motion head (training only, not exported): from the last tap's memory tokens of the grid-cell queries of each
-    # frame, the direction of the object in that cell. It gives the memory mixer a direct signal for what video
-    # captions and direction questions need (comparing a clip's frames).
+    # Cell heads (training only, not exported; CELL_HEADS): linear heads on the last tap's memory tokens of the
+    # grid-cell queries. They give the memory mixer a direct signal for what captions need and the caption loss
+    # teaches slowly: comparing a clip's frames (motion), its objects' first-frame positions (order) and an image's
+    # objects with each other (group: identical objects are said once, as a group).
     grid = model.cfg.resampler_grid or int(round(math.sqrt(model.cfg.n_query)))  # see model.spatial_prior
-    motion = None
-    if cfg["motion_coef"]:
-        assert model.cfg.resampler_prior > 0 and model.cfg.memory_mixer, "the motion head needs grid queries and a mixer"
-        motion = torch.nn.Linear(model.cfg.d_visual, 1 + len(DIRECTIONS)).to(DEV)
+    cell_heads = {name: torch.nn.Linear(model.cfg.d_visual, n).to(DEV)
+                  for name, (_, n, _) in CELL_HEADS.items() if cfg[f"{name}_coef"]}
+    if cell_heads:
+        assert model.cfg.resampler_prior > 0 and model.cfg.memory_mixer, "the cell heads need grid queries and a mixer"
     groups = [g for name in cfg["train"] for g in optimizer_groups(model, [name], cfg, cfg["lr_mult"].get(name, 1.0))]
-    for head, name in ((bow, "bow"), (motion, "motion")):
+    for name, head in (("bow", bow), *cell_heads.items()):
         if head is not None:
             groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": name})
     opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
@@ -438,7 +449,7 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
     else:
         img_b = Batches(images, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, rank=rank, world=world)
         vid_b = Batches(clips, vocab, cfg["batch_clips"], 1, rng, rank=rank, world=world) if cfg["batch_clips"] else None
-    broadcast_weights([m for m in (model, bow, motion) if m is not None], world)
+    broadcast_weights([m for m in (model, bow, *cell_heads.values()) if m is not None], world)
 
     unfreeze = cfg["unfreeze"] if isinstance(cfg["unfreeze"], list) else [cfg["unfreeze"]] if cfg["unfreeze"] else []
     trains_vit = "vit" in cfg["train"] or any("vit" in u["groups"] for u in unfreeze)
@@ -483,13 +494,15 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
                     bow_loss = F.binary_cross_entropy_with_logits(logit, words.to(DEV))
                     parts["bow"] = bow_loss.item()
                     extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
-                if motion is not None and kind == "vid":
+                for name, head in cell_heads.items():
+                    if CELL_HEADS[name][0] != kind:
+                        continue
                     Fr, Q = fm.shape[1], model.cfg.n_query
                     cells = aux["memory_tokens"][-1].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]
-                    tgt = torch.from_numpy(np.stack([cell_directions(b.split.rows[i], Fr, grid) for i in idx])).to(DEV)
-                    motion_loss = F.cross_entropy(motion(cells).flatten(0, 2), tgt.flatten(), ignore_index=-100)
-                    parts["motion"] = motion_loss.item()
-                    extra_loss = extra_loss + cfg["motion_coef"] * motion_loss
+                    tgt = torch.from_numpy(np.stack([CELL_HEADS[name][2](b.split.rows[i], Fr, grid) for i in idx]))
+                    head_loss = F.cross_entropy(head(cells).flatten(0, 2), tgt.to(DEV).flatten(), ignore_index=-100)
+                    parts[name] = head_loss.item()
+                    extra_loss = extra_loss + cfg[f"{name}_coef"] * head_loss
                 if "lb_loss" in aux:
                     aux_loss = aux_loss + aux["lb_loss"]
                     c = aux["expert_counts"]

@@ -218,3 +218,29 @@ def test_cell_directions_labels_the_cell_each_frame_holds():
     assert out[0].tolist() == [4, 0, 0, 0, 0, 0, 0, 0, 1]   # frame 0: cells (0,0) right, (2,2) up
     assert out[1].tolist() == [0, 4, 0, 0, 0, 0, 0, 0, 1]   # frame 1: the first object moved to cell (0,1)
     assert out[2].tolist() == [-100] * 9                    # past the clip's end: ignored
+
+
+def test_cell_order_labels_each_object_by_its_place_in_the_caption():
+    from data import cell_order
+    # objects in caption order (left to right at the first frame); the second one passes through the first's cell
+    row = {"num_frames": 2, "scene": {"width": 90, "height": 90, "objects": [
+        {"direction": "down", "path": [[10, 10], [10, 40]]}, {"direction": "left", "path": [[40, 70], [10, 70]]}]}}
+    out = cell_order(row, 3)
+    assert out[0].tolist() == [1, 0, 0, 0, 0, 0, 0, 2, 0]
+    assert out[1].tolist() == [0, 0, 0, 1, 0, 0, 2, 0, 0]
+    assert out[2].tolist() == [-100] * 9
+
+
+def test_cell_groups_marks_alone_first_and_later_members():
+    from data import cell_groups
+    obj = lambda r, c, size="small", color="red", shape="star": dict(row=r, col=c, size=size, color=color, shape=shape,
+                                                                      x=30 * c + 15, y=30 * r + 15)
+    # "two small red stars and a large red star in the center": cells (0,2) and (2,0) form a group of two, its first
+    # member in reading order is (0,2); the large star is alone
+    scene = {"width": 90, "height": 90, "objects": [obj(2, 0), obj(1, 1, size="large"), obj(0, 2)]}
+    assert cell_groups({"scene": scene}).tolist() == [[0, 0, 2, 0, 1, 0, 3, 0, 0]]
+    three = {"width": 90, "height": 90, "objects": [obj(0, 0, color="blue"), obj(0, 1, color="blue"), obj(2, 2, color="blue")]}
+    assert cell_groups({"scene": three}).tolist() == [[4, 5, 0, 0, 0, 0, 0, 0, 5]]
+    one = {"width": 90, "height": 90, "objects": [obj(1, 1)]}
+    assert cell_groups({"scene": one}).tolist() == [[0, 0, 0, 0, 1, 0, 0, 0, 0]]
+    assert cell_groups({"scene": one}, grid=2).tolist() == [[0, 0, 0, 1]]  # other grids: the cell of the centre
