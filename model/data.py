@@ -197,54 +197,61 @@ def patch_labels(row, frame=0, side=8):
 DIRECTIONS = ["up", "down", "left", "right"]
 
 
-def cell_directions(row, n_frames, grid=GRID):
-    """Per frame and grid cell, the direction of motion of the clip's object in that cell (stage 2's training-only
-    motion head): int64 [n_frames, grid*grid], 0 = no object, else 1 + index in DIRECTIONS; frames past the
-    clip's end -100 (ignored)."""
-    return clip_cells(row, n_frames, grid, lambda k, o: 1 + DIRECTIONS.index(o["direction"]))
+# ----------------------------------------------------------------------------- stage 2's cell labels
+# Training-only heads on the memory tokens of the grid-cell queries (train.CELL_HEADS) learn, per frame and cell, a
+# label of the object whose centre lies in that cell: labels [n_frames, grid*grid], 0 for an empty cell, -100 for
+# frames past a clip's end (ignored).
 
-
-def clip_cells(row, n_frames, grid, label):
-    """Per frame and grid cell of a clip, label(k, object) of the k-th object of the scene whose centre lies in that
-    cell on that frame (its path), 0 for no object: int64 [n_frames, grid*grid]; frames past the clip's end -100."""
+def object_cells(row, n_frames, grid, label):
+    """label(k, object) of the scene's k-th object in the cell of its centre on each frame (images: one frame; clips:
+    the object's path), 0 elsewhere: int64 [n_frames, grid*grid]; frames past the clip's end -100."""
     out = np.full((n_frames, grid * grid), -100, np.int64)
     sc = row["scene"]
     W, H = sc["width"], sc["height"]
-    for f in range(min(n_frames, row["num_frames"])):
+    for f in range(min(n_frames, row.get("num_frames", 1))):
         out[f] = 0
         for k, o in enumerate(sc["objects"]):
-            x, y = o["path"][min(f, len(o["path"]) - 1)]
+            x, y = o["path"][min(f, len(o["path"]) - 1)] if "path" in o else (o["x"], o["y"])
             r, c = min(int(grid * y / H), grid - 1), min(int(grid * x / W), grid - 1)
             out[f, r * grid + c] = label(k, o)
     return out
 
 
-# Caption place of an image object (stage 2's training-only group head): 0 empty cell, 1 alone, then first / later
-# member of a group of two (2 / 3) or three (4 / 5).
-GROUP_CLASSES = 6
-
-
-def cell_groups(row, grid=GRID):
-    """Per grid cell of an image, the place of its object in the caption: int64 [1, grid*grid] (one frame), classes
-    as GROUP_CLASSES above. Objects with the same (size, color, shape) form one group, said once where its first
-    member comes in reading order (docs/data.md, Captions): to caption a scene the model must compare its objects.
-    An object's cell is that of its centre (on the scenes' 3x3 grid, its own cell)."""
-    out = np.zeros((1, grid * grid), np.int64)
-    sc = row["scene"]
-    objs = sorted(sc["objects"], key=lambda o: (o["row"], o["col"]))  # reading order
-    seen = set()
-    for o in objs:
-        key = (o["size"], o["color"], o["shape"])
-        n = sum((p["size"], p["color"], p["shape"]) == key for p in objs)
-        r, c = min(int(grid * o["y"] / sc["height"]), grid - 1), min(int(grid * o["x"] / sc["width"]), grid - 1)
-        out[0, r * grid + c] = 1 if n == 1 else 2 * (n - 1) + int(key in seen)
-        seen.add(key)
-    return out
+def cell_directions(row, n_frames, grid=GRID):
+    """Clips: the direction of motion of each cell's object, 1 + index in DIRECTIONS (the motion head)."""
+    return object_cells(row, n_frames, grid, lambda k, o: 1 + DIRECTIONS.index(o["direction"]))
 
 
 def cell_order(row, n_frames, grid=GRID):
-    """Per frame and grid cell of a clip, the place in the caption of the object in that cell (stage 2's training-only
-    order head): int64 [n_frames, grid*grid], 0 = no object, else 1 + the object's index in the caption, which names
-    the objects left to right by their first-frame position (the scene's object order); frames past the clip's end
-    -100 (ignored)."""
-    return clip_cells(row, n_frames, grid, lambda k, o: 1 + k)
+    """Clips: 1 + the place in the caption of each cell's object (the order head). The caption names the objects left
+    to right by their first-frame position, the order of the scene's objects."""
+    return object_cells(row, n_frames, grid, lambda k, o: 1 + k)
+
+
+OBJECT_CLASSES = 1 + len(SHAPES) * len(COLORS)
+
+
+def cell_objects(row, n_frames, grid=GRID):
+    """Images and clips: each cell's object, 1 + shape * len(COLORS) + color (the object head). It keeps what an
+    object is in the memory token of its own cell, where the other heads ask the mixer to compare objects: without
+    it, a caption's colors and shapes change places between objects."""
+    return object_cells(row, n_frames, grid, lambda k, o: 1 + SHAPES.index(o["shape"]) * len(COLORS) + COLORS.index(o["color"]))
+
+
+# Caption place of an image object (the group head): 0 empty cell, 1 alone, then first / later member of a group of
+# two (2 / 3) or three (4 / 5).
+GROUP_CLASSES = 6
+
+
+def cell_groups(row, n_frames=1, grid=GRID):
+    """Images: the place of each cell's object in the caption, classes as GROUP_CLASSES above. Objects with the same
+    (size, color, shape) form one group, said once where its first member comes in reading order (docs/data.md,
+    Captions; the scene lists objects in reading order): to caption a scene the model must compare its objects."""
+    key = lambda o: (o["size"], o["color"], o["shape"])
+    objs = row["scene"]["objects"]
+    place = []
+    for k, o in enumerate(objs):
+        n = sum(key(p) == key(o) for p in objs)
+        later = any(key(p) == key(o) for p in objs[:k])
+        place.append(1 if n == 1 else 2 * (n - 1) + int(later))
+    return object_cells(row, n_frames, grid, lambda k, o: place[k])

@@ -37,8 +37,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import EVLM, EVLMConfig, VisualExperts, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
-from data import (BOS, COLORS, DIRECTIONS, GROUP_CLASSES, SEP, SHAPES, SIZES, Split, Vocab, cell_directions, cell_groups,
-                  cell_order, pack, patch_labels, segments_for)  # noqa: E402
+from data import (BOS, COLORS, DIRECTIONS, GROUP_CLASSES, OBJECT_CLASSES, SEP, SHAPES, SIZES, Split, Vocab, cell_directions,
+                  cell_groups, cell_objects, cell_order, pack, patch_labels, segments_for)  # noqa: E402
 
 DEFAULTS = {
     "stage": 1,
@@ -76,9 +76,10 @@ DEFAULTS = {
     "bow_coef": 0.0,            # auxiliary bag-of-words loss on pooled visual tokens (images; stage 2)
     "grid_taps": [-1],          # stage 0: taps (indices into cfg.taps) that carry the per-patch label heads
     "cover_coef": 1.0,          # stage 0: weight of the "cover" labels relative to the "cell" labels
-    "motion_coef": 0.0,         # stage 2: weight of the training-only cell heads (CELL_HEADS): motion (clips: the
-    "order_coef": 0.0,          # direction of each cell's object), order (clips: its place in the caption, which goes
-    "group_coef": 0.0,          # left to right) and group (images: alone, or first / later member of a group of 2 or 3)
+    "motion_coef": 0.0,         # stage 2: weights of the training-only cell heads (CELL_HEADS), labels per grid cell:
+    "order_coef": 0.0,          # motion (clips: the direction of the cell's object), order (clips: its place in the
+    "group_coef": 0.0,          # caption), group (images: alone, or first / later member of a group of 2 or 3) and
+    "object_coef": 0.0,         # object (images and clips: its shape and color)
     "procs": 1,                 # data-parallel processes, one torch thread each: every process takes its share of
                                 # the batch from its own half (third, ...) of the rows, and the gradients are averaged
                                 # (gloo all-reduce) before every step, so the weights stay identical in all of them
@@ -261,12 +262,13 @@ class TapsCache:
         return torch.from_numpy(np.concatenate([self.taps[i, :n] for i, n in zip(idx, nf)]).astype(np.float32)).to(DEV)
 N_CLS = (1 + len(SHAPES), 1 + len(COLORS), 1 + len(SIZES))  # per-patch label classes (0 = empty)
 
-# Stage 2's training-only cell heads: name -> (rows they read: "img" | "vid", classes, labels(row, frames, grid)
-# [frames, grid*grid]); each is on when its config "{name}_coef" is not 0
+# Stage 2's training-only cell heads: name -> (rows they read: "img" and / or "vid", classes, labels(row, frames, grid)
+# [frames, grid*grid], see data.object_cells); each is on when its config "{name}_coef" is not 0
 CELL_HEADS = {
-    "motion": ("vid", 1 + len(DIRECTIONS), cell_directions),
-    "order": ("vid", 3, cell_order),
-    "group": ("img", GROUP_CLASSES, lambda row, frames, grid: cell_groups(row, grid)),
+    "motion": (("vid",), 1 + len(DIRECTIONS), cell_directions),
+    "order": (("vid",), 3, cell_order),
+    "group": (("img",), GROUP_CLASSES, cell_groups),
+    "object": (("img", "vid"), OBJECT_CLASSES, cell_objects),
 }
 
 
@@ -422,7 +424,8 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
     # Cell heads (training only, not exported; CELL_HEADS): linear heads on the last tap's memory tokens of the
     # grid-cell queries. They give the memory mixer a direct signal for what captions need and the caption loss
     # teaches slowly: comparing a clip's frames (motion), its objects' first-frame positions (order) and an image's
-    # objects with each other (group: identical objects are said once, as a group).
+    # objects with each other (group: identical objects are said once, as a group), while each cell's token keeps
+    # what its own object is (object).
     grid = model.cfg.resampler_grid or int(round(math.sqrt(model.cfg.n_query)))  # see model.spatial_prior
     cell_heads = {name: torch.nn.Linear(model.cfg.d_visual, n).to(DEV)
                   for name, (_, n, _) in CELL_HEADS.items() if cfg[f"{name}_coef"]}
@@ -495,7 +498,7 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
                     parts["bow"] = bow_loss.item()
                     extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
                 for name, head in cell_heads.items():
-                    if CELL_HEADS[name][0] != kind:
+                    if kind not in CELL_HEADS[name][0]:
                         continue
                     Fr, Q = fm.shape[1], model.cfg.n_query
                     cells = aux["memory_tokens"][-1].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]

@@ -236,11 +236,22 @@ def test_cell_groups_marks_alone_first_and_later_members():
     obj = lambda r, c, size="small", color="red", shape="star": dict(row=r, col=c, size=size, color=color, shape=shape,
                                                                       x=30 * c + 15, y=30 * r + 15)
     # "two small red stars and a large red star in the center": cells (0,2) and (2,0) form a group of two, its first
-    # member in reading order is (0,2); the large star is alone
-    scene = {"width": 90, "height": 90, "objects": [obj(2, 0), obj(1, 1, size="large"), obj(0, 2)]}
+    # member in reading order (the scene's order) is (0,2); the large star is alone
+    scene = {"width": 90, "height": 90, "objects": [obj(0, 2), obj(1, 1, size="large"), obj(2, 0)]}
     assert cell_groups({"scene": scene}).tolist() == [[0, 0, 2, 0, 1, 0, 3, 0, 0]]
     three = {"width": 90, "height": 90, "objects": [obj(0, 0, color="blue"), obj(0, 1, color="blue"), obj(2, 2, color="blue")]}
     assert cell_groups({"scene": three}).tolist() == [[4, 5, 0, 0, 0, 0, 0, 0, 5]]
     one = {"width": 90, "height": 90, "objects": [obj(1, 1)]}
     assert cell_groups({"scene": one}).tolist() == [[0, 0, 0, 0, 1, 0, 0, 0, 0]]
     assert cell_groups({"scene": one}, grid=2).tolist() == [[0, 0, 0, 1]]  # other grids: the cell of the centre
+
+
+def test_cell_objects_label_shape_and_color_in_images_and_clips():
+    from data import COLORS, SHAPES, cell_objects
+    image = {"scene": {"width": 90, "height": 90, "objects": [
+        {"shape": "star", "color": "blue", "size": "small", "row": 0, "col": 1, "x": 45, "y": 15}]}}
+    star_blue = 1 + SHAPES.index("star") * len(COLORS) + COLORS.index("blue")
+    assert cell_objects(image, 1).tolist() == [[0, star_blue, 0, 0, 0, 0, 0, 0, 0]]
+    clip = {"num_frames": 2, "scene": {"width": 90, "height": 90, "objects": [
+        {"shape": "circle", "color": "red", "direction": "right", "path": [[10, 10], [40, 10]]}]}}
+    assert cell_objects(clip, 3).tolist() == [[1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0, 0], [-100] * 9]
