@@ -80,6 +80,8 @@ DEFAULTS = {
     "order_coef": 0.0,          # motion (clips: the direction of the cell's object), order (clips: its place in the
     "group_coef": 0.0,          # caption), group (images: alone, or first / later member of a group of 2 or 3) and
     "object_coef": 0.0,         # object (images and clips: its shape and color)
+    "cell_taps": [-1],          # taps (indices into the model's taps) whose memory tokens the cell heads read, a head
+                                # per tap (the loss is their mean)
     "procs": 1,                 # data-parallel processes, one torch thread each: every process takes its share of
                                 # the batch from its own half (third, ...) of the rows, and the gradients are averaged
                                 # (gloo all-reduce) before every step, so the weights stay identical in all of them
@@ -421,13 +423,13 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
     # words occur (multi-hot, BCE). It gives the from-scratch ViT a direct signal that does not pass through the
     # zero-initialised gates; without it the visual tokens collapse to image-independent vectors.
     bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size).to(DEV) if cfg["bow_coef"] else None
-    # Cell heads (training only, not exported; CELL_HEADS): linear heads on the last tap's memory tokens of the
-    # grid-cell queries. They give the memory mixer a direct signal for what captions need and the caption loss
+    # Cell heads (training only, not exported; CELL_HEADS): linear heads on the memory tokens of the grid-cell
+    # queries, one per tap in cell_taps. They give the memory mixer a direct signal for what captions need and the caption loss
     # teaches slowly: comparing a clip's frames (motion), its objects' first-frame positions (order) and an image's
     # objects with each other (group: identical objects are said once, as a group), while each cell's token keeps
     # what its own object is (object).
     grid = model.cfg.resampler_grid or int(round(math.sqrt(model.cfg.n_query)))  # see model.spatial_prior
-    cell_heads = {name: torch.nn.Linear(model.cfg.d_visual, n).to(DEV)
+    cell_heads = {name: torch.nn.ModuleList([torch.nn.Linear(model.cfg.d_visual, n) for _ in cfg["cell_taps"]]).to(DEV)
                   for name, (_, n, _) in CELL_HEADS.items() if cfg[f"{name}_coef"]}
     if cell_heads:
         assert model.cfg.resampler_prior > 0 and model.cfg.memory_mixer, "the cell heads need grid queries and a mixer"
@@ -497,13 +499,16 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
                     bow_loss = F.binary_cross_entropy_with_logits(logit, words.to(DEV))
                     parts["bow"] = bow_loss.item()
                     extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
-                for name, head in cell_heads.items():
+                for name, heads in cell_heads.items():
                     if kind not in CELL_HEADS[name][0]:
                         continue
                     Fr, Q = fm.shape[1], model.cfg.n_query
-                    cells = aux["memory_tokens"][-1].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]
                     tgt = torch.from_numpy(np.stack([CELL_HEADS[name][2](b.split.rows[i], Fr, grid) for i in idx]))
-                    head_loss = F.cross_entropy(head(cells).flatten(0, 2), tgt.to(DEV).flatten(), ignore_index=-100)
+                    head_loss = 0.0
+                    for head, tap in zip(heads, cfg["cell_taps"]):
+                        cells = aux["memory_tokens"][tap].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]
+                        head_loss = head_loss + F.cross_entropy(head(cells).flatten(0, 2), tgt.to(DEV).flatten(),
+                                                                ignore_index=-100) / len(heads)
                     parts[name] = head_loss.item()
                     extra_loss = extra_loss + cfg[f"{name}_coef"] * head_loss
                 if "lb_loss" in aux:

@@ -85,7 +85,7 @@ def test_three_stage_smoke_training_loss_falls(tmp_path):
     l2, out2 = train(tmp_path, 2, 20, init="stage1.pt", train=["vit", "resampler", "experts", "memory", "xattn", "gates"],
                      batch_clips=2, unfreeze=[{"at": 0.5, "groups": ["decoder"], "lr_mult": 0.1}], lr_mult={"gates": 10},
                      gate_push=0.1, gate_push_steps=5, bow_coef=1.0, motion_coef=1.0,
-                     order_coef=1.0, group_coef=1.0, object_coef=1.0)
+                     order_coef=1.0, group_coef=1.0, object_coef=1.0, cell_taps=[0, 1])
     l3, out3 = train(tmp_path, 3, 6, init="stage2.pt", model={"expert_form": "evlm"}, train=["experts"], batch_clips=2)
     assert l1[-1] < l1[0]
     assert len(l2) >= 2 and l2[-1] < l2[0], out2  # 20 steps of stage 2: the loss falls
