@@ -32,22 +32,23 @@ step() {
 
 npm run build --silent
 gen() { node dist/scenes/cli.js --quiet "$@"; }
-# training data (seeds of the train split), validation (a few rows, tracked during stage 2), test (evaluation only)
+# training data (seeds of the train split); validation (a few rows, tracked during stage 2) and test (evaluation only)
+# are made on the second core beside stage 0, below
 step data_train_images gen --split train --seed 1000000 --rows 50000 --out "$DATA" --name train
 step data_train_video gen --split train --kind video --seed 1000001 --rows 8000 --out "$DATA" --name video
+train() { $PY model/train.py --config "model/configs/stage$1.json" --data "$DATA" --out "$RUN"; }
+# stage 1 (text only) does not need stage 0's vision encoder: it runs on the second core beside stage 0, from the same
+# initial weights (init_seed), and stage 2 takes the ViT from stage0.pt (init_from); the small validation and test
+# sets are made there too
+step stage0 train 0 &
+stage0=$!
+step stage1 train 1 >/dev/null
 step data_val_test bash -c "
   node dist/scenes/cli.js --quiet --split val --seed 2000000 --rows 256 --out '$DATA/val' --name val &&
   node dist/scenes/cli.js --quiet --split val --kind video --seed 2000001 --rows 128 --out '$DATA/val' --name video &&
   node dist/scenes/cli.js --quiet --split test --seed 3000000 --rows 512 --out '$DATA/test' --name test &&
   node dist/scenes/cli.js --quiet --split test --kind vqa --seed 3000001 --rows 512 --out '$DATA/test' --name vqa &&
   node dist/scenes/cli.js --quiet --split test --kind video --seed 3000002 --rows 512 --out '$DATA/test' --name video"
-
-# stage 1 (text only) does not need stage 0's vision encoder: it runs on the second core beside stage 0, from the
-# same initial weights (init_seed), and stage 2 takes the ViT from stage0.pt (init_from)
-train() { $PY model/train.py --config "model/configs/stage$1.json" --data "$DATA" --out "$RUN"; }
-step stage0 train 0 &
-stage0=$!
-step stage1 train 1 >/dev/null
 wait $stage0
 for s in 2 3; do
   step "stage$s" train $s
