@@ -235,7 +235,8 @@ def cell_objects(row, n_frames, grid=GRID):
     """Images and clips: each cell's object, 1 + shape * len(COLORS) + color (the object head). It keeps what an
     object is in the memory token of its own cell, where the other heads ask the mixer to compare objects: without
     it, a caption's colors and shapes change places between objects."""
-    return object_cells(row, n_frames, grid, lambda k, o: 1 + SHAPES.index(o["shape"]) * len(COLORS) + COLORS.index(o["color"]))
+    label = lambda k, o: 1 + SHAPES.index(o["shape"]) * len(COLORS) + COLORS.index(o["color"])
+    return object_cells(row, n_frames, grid, label)
 
 
 # Caption place of an image object (the group head): 0 empty cell, 1 alone, then first / later member of a group of

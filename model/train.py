@@ -424,10 +424,10 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
     # zero-initialised gates; without it the visual tokens collapse to image-independent vectors.
     bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size).to(DEV) if cfg["bow_coef"] else None
     # Cell heads (training only, not exported; CELL_HEADS): linear heads on the memory tokens of the grid-cell
-    # queries, one per tap in cell_taps. They give the memory mixer a direct signal for what captions need and the caption loss
-    # teaches slowly: comparing a clip's frames (motion), its objects' first-frame positions (order) and an image's
-    # objects with each other (group: identical objects are said once, as a group), while each cell's token keeps
-    # what its own object is (object).
+    # queries, one per tap in cell_taps. They give the memory mixer a direct signal for what captions need and the
+    # caption loss teaches slowly: comparing a clip's frames (motion), its objects' first-frame positions (order)
+    # and an image's objects with each other (group: identical objects are said once, as a group), while each
+    # cell's token keeps what its own object is (object).
     grid = model.cfg.resampler_grid or int(round(math.sqrt(model.cfg.n_query)))  # see model.spatial_prior
     cell_heads = {name: torch.nn.ModuleList([torch.nn.Linear(model.cfg.d_visual, n) for _ in cfg["cell_taps"]]).to(DEV)
                   for name, (_, n, _) in CELL_HEADS.items() if cfg[f"{name}_coef"]}
