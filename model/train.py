@@ -504,11 +504,11 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
                         continue
                     Fr, Q = fm.shape[1], model.cfg.n_query
                     tgt = torch.from_numpy(np.stack([CELL_HEADS[name][2](b.split.rows[i], Fr, grid) for i in idx]))
+                    tgt = tgt.to(DEV).flatten()  # [B*F*g*g], the same for every tap's head
                     head_loss = 0.0
                     for head, tap in zip(heads, cfg["cell_taps"]):
                         cells = aux["memory_tokens"][tap].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]
-                        head_loss = head_loss + F.cross_entropy(head(cells).flatten(0, 2), tgt.to(DEV).flatten(),
-                                                                ignore_index=-100) / len(heads)
+                        head_loss = head_loss + F.cross_entropy(head(cells).flatten(0, 2), tgt, ignore_index=-100) / len(heads)
                     parts[name] = head_loss.item()
                     extra_loss = extra_loss + cfg[f"{name}_coef"] * head_loss
                 if "lb_loss" in aux:
