@@ -508,7 +508,8 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
                     head_loss = 0.0
                     for head, tap in zip(heads, cfg["cell_taps"]):
                         cells = aux["memory_tokens"][tap].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]
-                        head_loss = head_loss + F.cross_entropy(head(cells).flatten(0, 2), tgt, ignore_index=-100) / len(heads)
+                        loss_tap = F.cross_entropy(head(cells).flatten(0, 2), tgt, ignore_index=-100)
+                        head_loss = head_loss + loss_tap / len(heads)
                     parts[name] = head_loss.item()
                     extra_loss = extra_loss + cfg[f"{name}_coef"] * head_loss
                 if "lb_loss" in aux:
