@@ -5,7 +5,7 @@
 
 Writes manifest.json, one ONNX graph per operator (opset 17), vocab.txt, and reference/ (inputs and PyTorch
 outputs of every graph, and full greedy generations of a few samples) for the TypeScript parity test
-(test/model/parity.test.ts, which runs the graphs in onnxruntime-node: Debian has no Python ONNX Runtime).
+(test/model-package/parity.test.ts, which runs the graphs in onnxruntime-node: Debian has no Python ONNX Runtime).
 
 What this script checks before it writes the package (it exits non-zero otherwise):
   1. decomposition: the graph wrappers, composed as the TS side composes them (router -> per-token top-k ->
@@ -544,7 +544,7 @@ def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name
                      "visual projection seeded random, untrained (no accuracy target)",
                      "visual_embeds": "refined visual tokens flattened (frame, tap, query): Mv = F*L*Q at prefill, "
                                       "0 at later steps; attention_mask covers past + visual + text"},
-        "reference": {"description": "Parity data for test/model/parity.test.ts: per graph, JSON indexes "
+        "reference": {"description": "Parity data for test/model-package/parity.test.ts: per graph, JSON indexes "
                                      "{graph, case, inputs: [{name, dtype, dims, file}], outputs: [...]} of raw "
                                      "little-endian tensors written by PyTorch; greedy.json: full greedy generations.",
                       "graphs": reference, "greedy": "reference/greedy.json", "tolerance": 1e-4},

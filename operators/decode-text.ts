@@ -2,8 +2,8 @@ import type { OperatorFunction } from 'rxjs'
 
 import { PipelineConfigError } from '../src/errors.js'
 import type { GenerationSample } from '../src/model/generate.js'
-import type { VisionLanguageModel } from '../src/model/runtime.js'
-import { copyTensor, type TensorData } from '../src/model/tensors.js'
+import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
+import { copyTensor, type TensorData } from '../src/tensor/tensors.js'
 import { toErrorRecord, type BatchRow, type CrossMemory, type ErrorRecord, type GeneratedText, type Generation } from '../src/records.js'
 import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 

@@ -1,7 +1,7 @@
 import type { OperatorFunction } from 'rxjs'
 
 import { stackPixelValues } from '../src/model/batch.js'
-import type { VisionLanguageModel } from '../src/model/runtime.js'
+import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { batchRow, toErrorRecord, type DecodedImage, type ErrorRecord, type VitFeatures } from '../src/records.js'
 import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 

@@ -1,7 +1,7 @@
 import type { OperatorFunction } from 'rxjs'
 
-import type { VisionLanguageModel } from '../src/model/runtime.js'
-import { copyTensor } from '../src/model/tensors.js'
+import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
+import { copyTensor } from '../src/tensor/tensors.js'
 import type { ErrorRecord, VisualTokens, VitFeatures } from '../src/records.js'
 import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 

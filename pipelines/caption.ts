@@ -1,6 +1,6 @@
 import { z } from 'zod'
 
-import type { PipelineDefinition } from '../src/engine/pipeline.js'
+import type { PipelineDefinition } from './definition.js'
 import type { Caption } from '../src/records.js'
 import {
   MODEL_PERFORMANCE_KEYS,
@@ -12,7 +12,7 @@ import {
   modelFlags,
   modelIdentity,
   textStages,
-} from './model-stages.js'
+} from './model-chain.js'
 
 export const captionConfigSchema = z.strictObject({ ...modelConfigShape, ...generationShape })
 

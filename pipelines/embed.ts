@@ -2,9 +2,9 @@ import { pipe } from 'rxjs'
 import { z } from 'zod'
 
 import { poolEmbeddings } from '../operators/pool-embeddings.js'
-import type { PipelineDefinition } from '../src/engine/pipeline.js'
+import type { PipelineDefinition } from './definition.js'
 import type { Embedding, ErrorRecord, ShardNotice, VisualTokens } from '../src/records.js'
-import { MODEL_PERFORMANCE_KEYS, modelConfigShape, modelDefaults, modelFlags, modelIdentity, openModel, visionStages } from './model-stages.js'
+import { MODEL_PERFORMANCE_KEYS, modelConfigShape, modelDefaults, modelFlags, modelIdentity, openModel, visionStages } from './model-chain.js'
 
 export const embedConfigSchema = z.strictObject({
   ...modelConfigShape,

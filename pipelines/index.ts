@@ -1,5 +1,5 @@
 /** The pipeline registry the CLI reads. */
-import type { PipelineDefinition } from '../src/engine/pipeline.js'
+import type { PipelineDefinition } from './definition.js'
 import { captionPipeline, videoCaptionPipeline } from './caption.js'
 import { embedPipeline } from './embed.js'
 import { scanPipeline } from './scan.js'
@@ -9,8 +9,9 @@ export { scanPipeline, scanDefaults, scanConfigSchema, type ScanConfig } from '.
 export { captionPipeline, videoCaptionPipeline, captionDefaults, captionConfigSchema, type CaptionConfig } from './caption.js'
 export { vqaPipeline, vqaDefaults, vqaConfigSchema, type VqaConfig } from './vqa.js'
 export { embedPipeline, embedDefaults, embedConfigSchema, type EmbedConfig } from './embed.js'
-export { visionStages, openModel, modelDefaults, type ModelConfig } from './model-stages.js'
+export { visionStages, openModel, modelDefaults, type ModelConfig } from './model-chain.js'
 export { runPipeline, runConfig, EVFLOW_VERSION, type RunOptions, type RunSummary, type ProgressSink, type ProgressState } from './run.js'
+export { configHash, stableJson, type PipelineDefinition, type PipelineFlag, type SourceRecord, type StageContext } from './definition.js'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export const pipelines: Readonly<Record<string, PipelineDefinition<any, any>>> = Object.freeze({

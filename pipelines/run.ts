@@ -15,7 +15,7 @@ import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
 import { acquireFolderLock } from '../src/engine/lock.js'
 import { RunMetrics, type StageSnapshot } from '../src/engine/metrics.js'
-import { configHash, mergeReadColumns, type PipelineDefinition } from '../src/engine/pipeline.js'
+import { configHash, mergeReadColumns, type PipelineDefinition } from './definition.js'
 
 export const EVFLOW_VERSION = '0.1.0'
 

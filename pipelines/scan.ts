@@ -3,7 +3,7 @@ import { pipe } from 'rxjs'
 import { z } from 'zod'
 
 import { decodeImages } from '../operators/decode-images.js'
-import type { PipelineDefinition } from '../src/engine/pipeline.js'
+import type { PipelineDefinition } from './definition.js'
 import type { DecodedImage } from '../src/records.js'
 
 export const scanConfigSchema = z.strictObject({

@@ -1,6 +1,6 @@
 import { z } from 'zod'
 
-import type { PipelineDefinition } from '../src/engine/pipeline.js'
+import type { PipelineDefinition } from './definition.js'
 import type { OutputColumn } from '../src/parquet/output-schema.js'
 import type { GeneratedText } from '../src/records.js'
 import {
@@ -13,7 +13,7 @@ import {
   modelFlags,
   modelIdentity,
   textStages,
-} from './model-stages.js'
+} from './model-chain.js'
 
 export const vqaConfigSchema = z.strictObject({
   ...modelConfigShape,

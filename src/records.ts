@@ -246,7 +246,7 @@ export interface Embedding extends RecordBase {
   readonly embedding: Float32Array
 }
 
-/** A tensor as it crosses threads (see src/model/tensors.ts). */
+/** A tensor as it crosses threads (see src/tensor/tensors.ts). */
 export interface TensorDataLike {
   readonly dtype: 'float32' | 'int64' | 'int32' | 'uint8' | 'bool'
   readonly dims: readonly number[]

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 
 import { ROOT } from './helpers/cli.js'
-import { makeFixtures } from './helpers/make-fixtures.js'
+import { makeFixtures } from '../tools/make-fixtures.js'
 import { tempDir } from './helpers/util.js'
 
 const { dir, cleanup } = tempDir('evflow-fixtures-')

@@ -9,7 +9,7 @@ import { Observable, mergeMap, type OperatorFunction } from 'rxjs'
 
 import type { RunMetrics, StageMetrics } from '../../src/engine/metrics.js'
 import { InferenceError, ModelManifestError, describeError } from '../../src/errors.js'
-import type { VisionLanguageModel } from '../../src/model/runtime.js'
+import type { VisionLanguageModel } from '../../src/model/vision-language-model.js'
 import { toErrorRecord, type ErrorRecord, type KeyedRecord } from '../../src/records.js'
 import { mapRecords, validateConcurrency } from './map-records.js'
 

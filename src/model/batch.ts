@@ -6,7 +6,7 @@
 import { ShapeMismatchError } from '../errors.js'
 import { writePixelValues } from '../image/decode.js'
 import type { DecodedImage } from '../records.js'
-import { float32, type TensorData } from './tensors.js'
+import { float32, type TensorData } from '../tensor/tensors.js'
 
 export interface PixelBatch {
   /** `[N, 3, H, W]`, N = the records' frames summed. */

@@ -7,7 +7,7 @@
  * expert runs once on them; results are scattered back. There is no capacity limit, so a token's result never
  * depends on the rest of the batch.
  */
-import { float32, int64, type Feeds, type TensorData } from './tensors.js'
+import { float32, int64, type Feeds, type TensorData } from '../tensor/tensors.js'
 
 export interface Routing {
   /** `[N, k]` expert of each token's j-th choice. */

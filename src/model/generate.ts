@@ -19,7 +19,7 @@
  * attention weight (additive -1e9 before softmax), and each row's computation is independent of the others.
  */
 import { ShapeMismatchError } from '../errors.js'
-import { elementCount, float32, int64, type Feeds, type TensorData } from './tensors.js'
+import { elementCount, float32, int64, type Feeds, type TensorData } from '../tensor/tensors.js'
 
 export interface GenerationSample {
   /** Row of the cross-attention memory this sample reads. */

@@ -1,8 +1,8 @@
-/** Running the built CLI (`dist/src/cli/main.js`) as a user would. */
+/** Running the built CLI (`dist/app/cli/main.js`) as a user would. */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 
-export const CLI = fileURLToPath(new URL('../../dist/src/cli/main.js', import.meta.url))
+export const CLI = fileURLToPath(new URL('../../dist/app/cli/main.js', import.meta.url))
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 
 export interface CliResult {

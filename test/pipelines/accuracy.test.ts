@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { evaluateOutputs } from '../../src/eval/index.js'
+import { evaluateOutputs } from '../../app/eval/index.js'
 import { runCli } from '../helpers/cli.js'
 import { tempDir } from '../helpers/util.js'
 

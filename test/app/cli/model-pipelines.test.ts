@@ -1,0 +1,122 @@
+/**
+ * `evflow caption | video-caption | vqa | embed` from the command line on the bundled fixtures, with the
+ * committed reference model (EVFLOW_PARITY_MODEL=dir for another package): every input row gives one output
+ * row in input order, error rows keep their reasons, a rerun resumes, and model problems are clear errors.
+ */
+import { existsSync, readFileSync, writeFileSync, mkdirSync, copyFileSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+import { runCli } from '../../helpers/cli.js'
+import { duckQuery } from '../../helpers/duckdb.js'
+import { tempDir } from '../../helpers/util.js'
+
+const MODEL = process.env.EVFLOW_PARITY_MODEL ?? fileURLToPath(new URL('../../../fixtures/models/evlm-tiny', import.meta.url))
+const HAVE = existsSync(join(MODEL, 'manifest.json'))
+if (!HAVE) console.warn(`NOTICE: test/cli/model-pipelines: no model package at ${MODEL}: SKIPPING the model CLI tests`)
+
+let dir: string
+let cleanup: () => void
+beforeAll(() => ({ dir, cleanup } = tempDir('evflow-model-cli-')))
+afterAll(() => cleanup())
+
+const model = ['--model', MODEL]
+
+describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
+  it('captions the bundled shards: one row per input row, in input order, error rows with their reasons', async () => {
+    const out = join(dir, 'caption')
+    const result = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6'])
+    expect(result.stderr).not.toMatch(/unexpected/)
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/^rows: 124 in, 111 ok, 13 error \(/m)
+    const scan = runCli(['scan', 'fixtures/shards', '-o', join(dir, 'scan')])
+    expect(scan.code).toBe(0)
+    const rows = await duckQuery(`SELECT filename, status, error_code, caption FROM read_parquet('${out}/*.parquet', filename = true, file_row_number = true) ORDER BY filename, file_row_number`)
+    const scanned = await duckQuery(`SELECT status, error_code FROM read_parquet('${dir}/scan/*.parquet', filename = true, file_row_number = true) ORDER BY filename, file_row_number`)
+    // same rows, same order, same error reasons as scan (which decodes the same way)
+    expect(rows.map((r) => [r.status, r.error_code])).toEqual(scanned.map((r) => [r.status, r.error_code]))
+    for (const r of rows) expect(typeof r.caption === 'string' || r.status === 'error').toBe(true)
+    const summary = JSON.parse(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8'))
+    const stages = summary.stages.map((s: { stage: string }) => s.stage)
+    expect(stages).toEqual(expect.arrayContaining(['extractVitFeatures', 'resampleTokens', 'routeToExperts', 'crossAttend', 'decodeText']))
+    expect(summary.config.identity.model).toMatch(/^[0-9a-f]{64}$/)
+
+    const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--workers', '1'])
+    expect(again.stdout).toMatch(/0 committed, 3 skipped/) // speed flags do not change the config hash
+    const changed = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '7'])
+    expect(changed.stdout).toMatch(/3 committed, 0 skipped/) // content flags do
+  })
+
+  it('answers the question column (kept in the output) and fixed --question texts', async () => {
+    const out = join(dir, 'vqa')
+    const result = runCli(['vqa', 'fixtures/scenes/vqa.parquet', '-o', out, ...model, '--limit', '6'])
+    expect(result.code).toBe(0)
+    const rows = await duckQuery(`SELECT id, question, answer, status FROM read_parquet('${out}/*.parquet')`)
+    expect(rows).toHaveLength(6)
+    for (const r of rows) {
+      expect(r.status).toBe('ok')
+      expect(typeof r.question).toBe('string')
+      expect(typeof r.answer).toBe('string')
+    }
+    const fixed = join(dir, 'vqa-fixed')
+    const two = runCli(['vqa', 'fixtures/scenes/test.parquet', '-o', fixed, ...model, '--limit', '3', '--question', 'what color is the star?', '--question', 'how many circles are there?'])
+    expect(two.code).toBe(0)
+    const answered = await duckQuery(`SELECT questions::VARCHAR AS questions, answers::VARCHAR AS answers FROM read_parquet('${fixed}/*.parquet')`)
+    expect(answered).toHaveLength(3)
+    for (const r of answered) {
+      expect(JSON.parse(String(r.questions))).toEqual(['what color is the star?', 'how many circles are there?'])
+      expect(JSON.parse(String(r.answers))).toHaveLength(2)
+    }
+  })
+
+  it('turns rows without a question into missing-question error rows', async () => {
+    const src = join(dir, 'noq')
+    mkdirSync(src, { recursive: true })
+    const out = join(dir, 'noq-out')
+    // the scenes' test shard has a question column; a shard without it: keep only id and image via DuckDB
+    await duckQuery(`COPY (SELECT id, image, CASE WHEN id LIKE '%1' THEN NULL ELSE question END AS question FROM read_parquet('fixtures/scenes/test.parquet') LIMIT 12) TO '${src}/part.parquet' (FORMAT parquet)`)
+    const result = runCli(['vqa', src, '-o', out, ...model])
+    expect(result.code).toBe(0)
+    const rows = await duckQuery(`SELECT id, status, error_code FROM read_parquet('${out}/*.parquet')`)
+    expect(rows).toHaveLength(12)
+    for (const r of rows) expect(r.error_code ?? 'ok').toBe(String(r.id).endsWith('1') ? 'missing-question' : 'ok')
+  })
+
+  it('captions clips (video-caption on a frames column) and writes embeddings', async () => {
+    const video = join(dir, 'video')
+    expect(runCli(['video-caption', 'fixtures/scenes/video.parquet', '-o', video, ...model, '--limit', '4']).code).toBe(0)
+    const clips = await duckQuery(`SELECT caption, status FROM read_parquet('${video}/*.parquet')`)
+    expect(clips.map((r) => r.status)).toEqual(['ok', 'ok', 'ok', 'ok'])
+    const embed = join(dir, 'embed')
+    expect(runCli(['embed', 'fixtures/scenes/test.parquet', '-o', embed, ...model, '--limit', '5']).code).toBe(0)
+    const vectors = await duckQuery(`SELECT len(embedding)::int AS d, list_sum(list_transform(embedding, x -> x * x))::double AS n FROM read_parquet('${embed}/*.parquet')`)
+    const dims = JSON.parse(readFileSync(join(MODEL, 'manifest.json'), 'utf8')).dims
+    for (const v of vectors) {
+      expect(v.d).toBe(dims.d_visual)
+      expect(v.n as number).toBeCloseTo(1, 4)
+    }
+  })
+
+  it('explains model problems: a missing folder, a corrupt graph, a provider that cannot start', async () => {
+    const missing = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x1'), '--model', join(dir, 'nowhere')])
+    expect(missing.code).toBe(2)
+    expect(missing.stderr).toMatch(/ModelManifestError.*manifest\.json/)
+    const corrupt = join(dir, 'corrupt-model')
+    mkdirSync(corrupt)
+    for (const f of readdirSync(MODEL)) if (f.endsWith('.onnx') || f.endsWith('.json') || f.endsWith('.txt')) copyFileSync(join(MODEL, f), join(corrupt, f))
+    writeFileSync(join(corrupt, 'resampler.onnx'), 'not a graph')
+    const bad = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x2'), '--model', corrupt])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toMatch(/graphs\.resampler\.sha256/)
+    const fallback = runCli(['caption', 'fixtures/scenes/test.parquet', '-o', join(dir, 'x3'), ...model, '--limit', '2', '--provider', 'cuda'])
+    expect(fallback.code).toBe(0)
+    expect(fallback.stderr).toMatch(/execution provider cuda cannot start .*running on cpu/)
+    const strict = runCli(['caption', 'fixtures/scenes/test.parquet', '-o', join(dir, 'x4'), ...model, '--limit', '2', '--provider', 'cuda', '--strict-provider'])
+    expect(strict.code).toBe(6)
+    expect(strict.stderr).toMatch(/execution provider cuda cannot start/)
+    const badFlag = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x5'), ...model, '--workers', '0'])
+    expect(badFlag.code).toBe(2)
+    expect(badFlag.stderr).toMatch(/workers/)
+  })
+})

@@ -1,0 +1,85 @@
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+
+import { InferenceError, PipelineConfigError } from '../../src/errors.js'
+import { InferencePool } from '../../src/model/inference-pool.js'
+import { float32, int64 } from '../../src/tensor/tensors.js'
+import { ROOT } from '../helpers/cli.js'
+
+const graph = join(ROOT, 'fixtures', 'onnx', 'tiny-linear.onnx')
+// From test/helpers/make-tiny-onnx.py: y for x = arange(8).reshape(2, 4), scale 1.
+const expected = [-0.7031040191650391, 2.435905933380127, -2.7631587982177734, 3.7480647563934326]
+
+const pools: InferencePool[] = []
+const pool = (options: ConstructorParameters<typeof InferencePool>[0]) => {
+  const p = new InferencePool(options)
+  pools.push(p)
+  return p
+}
+afterAll(async () => {
+  for (const p of pools) await p.destroy()
+})
+
+const feeds = () => ({ x: float32([2, 4], [0, 1, 2, 3, 4, 5, 6, 7]), scale: float32([1], [1]) })
+
+describe('InferencePool', () => {
+  it('runs a graph in a worker thread and returns its outputs, transferring the feed buffers', async () => {
+    const p = pool({ workers: 1 })
+    const input = feeds()
+    const { outputs } = await p.run(graph, input)
+    expect(outputs.y.dims).toEqual([2, 2])
+    expect(outputs.y.dtype).toBe('float32')
+    Array.from(outputs.y.data as Float32Array).forEach((v, i) => expect(v).toBeCloseTo(expected[i], 5))
+    expect(input.x.data.byteLength).toBe(0) // transferred, not copied
+  })
+
+  it('runs many tasks over several workers with identical results', async () => {
+    const p = pool({ workers: 2 })
+    const results = await Promise.all(Array.from({ length: 20 }, () => p.run(graph, feeds())))
+    for (const { outputs } of results) Array.from(outputs.y.data as Float32Array).forEach((v, i) => expect(v).toBeCloseTo(expected[i], 5))
+  })
+
+  it('checks feeds before running and names each problem', async () => {
+    const p = pool({ workers: 1 })
+    await expect(p.run(graph, { x: float32([2, 5]), scale: float32([1]) })).rejects.toThrow(/x: dim 1 must be 4, got 5/)
+    await expect(p.run(graph, { x: int64([2, 4]), scale: float32([1]) })).rejects.toThrow(/x: expected float32, got int64/)
+    await expect(p.run(graph, { x: float32([2, 4]) })).rejects.toThrow(InferenceError)
+    await expect(p.run(graph, { x: float32([2, 4]) })).rejects.toThrow(/missing input scale/)
+    await expect(p.run(graph, { ...feeds(), extra: float32([1]) })).rejects.toThrow(/unknown input extra/)
+  })
+
+  it('falls back to CPU with a warning when a provider cannot start, unless strict', async () => {
+    const warnings: string[] = []
+    const lenient = pool({ workers: 1, provider: 'webgpu', onWarning: (w) => warnings.push(w) })
+    const { outputs } = await lenient.run(graph, feeds())
+    expect(outputs.y.dims).toEqual([2, 2])
+    if (lenient.activeProvider === 'cpu') expect(warnings[0]).toMatch(/execution provider webgpu cannot start .*; running on cpu/)
+    const strict = pool({ workers: 1, provider: 'cuda', strictProvider: true })
+    const outcome = await strict.run(graph, feeds()).then(() => 'ran', (e: Error) => e)
+    if (outcome !== 'ran') {
+      expect(outcome).toBeInstanceOf(InferenceError)
+      expect((outcome as Error).message).toMatch(/execution provider cuda cannot start/)
+    }
+  })
+
+  it('reports a missing graph file clearly', async () => {
+    await expect(pool({ workers: 1 }).run('/nonexistent/model.onnx', feeds())).rejects.toThrow(/cannot create a session/)
+  })
+
+  it('validates its options and refuses work after destroy', async () => {
+    expect(() => new InferencePool({ workers: 0 })).toThrow(PipelineConfigError)
+    expect(() => new InferencePool({ provider: 'tpu' as never })).toThrow(/provider/)
+    const p = new InferencePool({ workers: 1 })
+    await p.destroy()
+    await p.destroy()
+    await expect(p.run(graph, feeds())).rejects.toThrow(/closed/)
+  })
+
+  it('destroy() while tasks run lets them finish (terminating a worker inside ORT would abort the process), then refuses new ones', async () => {
+    const p = new InferencePool({ workers: 2 })
+    const running = Array.from({ length: 6 }, () => p.run(graph, feeds()))
+    await p.destroy()
+    for (const result of await Promise.all(running)) expect(result.outputs.y.dims).toEqual([2, 2])
+    await expect(p.run(graph, feeds())).rejects.toThrow(/closed/)
+  })
+})

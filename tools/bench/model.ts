@@ -1,0 +1,160 @@
+/**
+ * What the model benchmarks share: the model package, a shard of synthetic scenes re-encoded as 256×256
+ * JPEGs (the issue's "5,000-row shard of 256×256 JPEGs", with content the model knows, so captions have
+ * their natural lengths), pre-decoding, and the "limit": the model's graphs run back to back in the worker
+ * pool on pre-decoded tensors, nothing else.
+ */
+import { existsSync, mkdirSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { lastValueFrom, toArray } from 'rxjs'
+import sharp from 'sharp'
+
+import { decodeImages } from '../../operators/decode-images.js'
+import { readShards } from '../../operators/read-shards.js'
+import { stackPixelValues } from '../../src/model/batch.js'
+import type { GenerationOptions } from '../../src/model/generate.js'
+import { loadModelPackage, type ModelPackage } from '../../src/model/package.js'
+import { InferencePool } from '../../src/model/inference-pool.js'
+import { float32, int64, type TensorData } from '../../src/tensor/tensors.js'
+import type { DecodedImage } from '../../src/records.js'
+import { renderImage } from '../../scenes/render.js'
+import { sceneOf } from '../../scenes/generate.js'
+import type { ImageScene } from '../../scenes/scene.js'
+import { imageShardBuffer, writeBuffer } from '../../test/helpers/shards.js'
+import type { BenchInputs, ShardInput } from './inputs.js'
+import { pool as promisePool } from './stats.js'
+
+export const MODEL_DIR = process.env.EVFLOW_BENCH_MODEL ?? fileURLToPath(new URL('../../../fixtures/models/evlm-tiny/', import.meta.url))
+export const HAVE_MODEL = existsSync(join(MODEL_DIR, 'manifest.json'))
+export const SCENE_SIDE = 256
+/** First seed of the test split: benchmark scenes are never training scenes. */
+const TEST_SEED = 3_000_000
+
+const sceneShards = new Map<number, Promise<ShardInput>>()
+/** Distinct scenes rendered per run; bigger shards cycle through them (the memory case needs rows, not variety). */
+export const DISTINCT_SCENES = 5_000
+let rendered: Promise<Uint8Array[]> | undefined
+
+/** The first `DISTINCT_SCENES` test scenes as 256×256 JPEGs (quality 85), rendered once per run. */
+function renderScenes(): Promise<Uint8Array[]> {
+  rendered ??= (async () => {
+    const images: Uint8Array[] = []
+    await promisePool(Array.from({ length: DISTINCT_SCENES }, (_, i) => i), 8, async (u) => {
+      const { scene } = sceneOf('caption', TEST_SEED, u)
+      const png = await renderImage(scene as ImageScene)
+      images[u] = await sharp(png).resize(SCENE_SIDE, SCENE_SIDE, { fit: 'fill' }).jpeg({ quality: 85 }).toBuffer()
+    })
+    return images
+  })()
+  return rendered
+}
+
+/** A one-shard folder of `rows` synthetic test scenes as 256×256 JPEGs, cycling through the distinct ones. */
+export function sceneShard(inputs: BenchInputs, rows: number, log: (m: string) => void): Promise<ShardInput> {
+  let pending = sceneShards.get(rows)
+  if (!pending) {
+    pending = (async () => {
+      const started = performance.now()
+      const dir = join(inputs.dir, `scenes-${rows}`)
+      mkdirSync(dir, { recursive: true })
+      const file = join(dir, 'scenes.parquet')
+      const images = await renderScenes()
+      writeBuffer(file, imageShardBuffer(Array.from({ length: rows }, (_, u) => ({ id: `bench-${u}`, image: images[u % images.length] })), 500))
+      const fileBytes = statSync(file).size
+      log(`generated ${rows} scene rows (${(fileBytes / 1e6).toFixed(1)} MB) in ${((performance.now() - started) / 1000).toFixed(1)} s`)
+      return { dir, file, rows, fileBytes }
+    })()
+    sceneShards.set(rows, pending)
+  }
+  return pending
+}
+
+/** Decodes a shard's images at the model's size, in row order (the limit's pre-decoded input). */
+export async function predecode(file: string, pkg: ModelPackage): Promise<{ images: DecodedImage[]; seconds: number }> {
+  const pre = pkg.manifest.preprocessing
+  const started = performance.now()
+  const records = await lastValueFrom(
+    readShards(file).pipe(decodeImages({ size: pre.size, resize: pre.resize, mean: pre.mean, std: pre.std, ordered: true }), toArray()),
+  )
+  const images = records.filter((r): r is DecodedImage => r.kind === 'decoded-image')
+  return { images, seconds: (performance.now() - started) / 1000 }
+}
+
+export function loadBenchModel(): Promise<ModelPackage> {
+  return loadModelPackage(MODEL_DIR)
+}
+
+export interface LimitRun {
+  readonly images: number
+  readonly seconds: number
+  readonly imagesPerS: number
+  readonly tokens: number
+  readonly tokensPerS: number
+  /** Worker-side milliseconds per stage. */
+  readonly computeMs: Record<'vit' | 'resampler' | 'experts' | 'xattn_kv' | 'decoder', number>
+}
+
+export interface LimitOptions {
+  readonly batch: number
+  readonly workers: number
+  readonly threads?: number
+  readonly maxNewTokens?: number
+  readonly slots?: number
+  readonly continuous?: boolean
+}
+
+/**
+ * The limit: every graph of the caption path (vit → resampler → router + experts → xattn_kv → decoder
+ * generation loop), batch after batch in a pool of `workers` inference workers, `workers + 1` batches in
+ * flight (as the operators run them), on pixel tensors stacked before the clock starts.
+ */
+export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[], options: LimitOptions): Promise<LimitRun> {
+  const m = pkg.manifest
+  const d = m.dims
+  const pool = new InferencePool({ workers: options.workers, threads: options.threads ?? 1 })
+  try {
+    const batches: TensorData[] = []
+    for (let i = 0; i < images.length; i += options.batch) batches.push(stackPixelValues(images.slice(i, i + options.batch)).pixel_values)
+    const computeMs = { vit: 0, resampler: 0, experts: 0, xattn_kv: 0, decoder: 0 }
+    let tokens = 0
+    const generation: GenerationOptions = {
+      maxNewTokens: options.maxNewTokens ?? m.generation.max_new_tokens,
+      maxPositions: d.max_text_len,
+      beams: 1,
+      slots: options.slots ?? 32,
+      continuous: options.continuous ?? true,
+      eos: m.special_tokens.eos,
+      pad: m.special_tokens.pad,
+    }
+    async function chain(pixel_values: TensorData, count = false): Promise<void> {
+      const b = pixel_values.dims[0]
+      const vit = await pool.run(pkg.graphPath('vit'), { pixel_values })
+      const res = await pool.run(pkg.graphPath('resampler'), { taps: vit.outputs.taps })
+      const vt = res.outputs.visual_tokens
+      const routed = await pool.route(pkg.graphPath('router'), pkg.graphPath('experts'), float32([vt.data.length / d.d_visual, d.d_visual], vt.data as Float32Array), d.top_k)
+      const memory = await pool.run(pkg.graphPath('xattn_kv'), {
+        visual_tokens: float32([b, 1, ...vt.dims.slice(1)], routed.refined.data as Float32Array),
+        frame_mask: int64([b, 1], new Array<number>(b).fill(1)),
+      })
+      const samples = Array.from({ length: b }, (_, i) => ({ memoryRow: i, prompt: [m.special_tokens.bos] }))
+      const generated = await pool.generate(pkg.graphPath('decoder'), memory.outputs as never, samples, generation, { nLayer: d.n_layer, heads: d.n_head, headDim: d.head_dim })
+      if (count) {
+        computeMs.vit += vit.ms
+        computeMs.resampler += res.ms
+        computeMs.experts += routed.ms
+        computeMs.xattn_kv += memory.ms
+        computeMs.decoder += generated.ms
+        tokens += generated.stats.tokens
+      }
+    }
+    // warm-up: one session per graph per worker
+    await Promise.all(Array.from({ length: options.workers }, () => chain(stackPixelValues(images.slice(0, 2)).pixel_values)))
+    const started = performance.now()
+    await promisePool(batches, options.workers + 1, (pixel_values) => chain(pixel_values, true))
+    const seconds = (performance.now() - started) / 1000
+    return { images: images.length, seconds, imagesPerS: images.length / seconds, tokens, tokensPerS: tokens / seconds, computeMs }
+  } finally {
+    await pool.destroy()
+  }
+}
