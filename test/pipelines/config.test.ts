@@ -1,0 +1,62 @@
+/**
+ * What a run stores in each output file (`evflow.config`) and hashes (`evflow.config_hash`, which decides
+ * what a rerun skips): only the settings that decide the output, serialized exactly as evflow 0.1.0 wrote
+ * them. The expected strings were produced by the code before the options were split by meaning; a change
+ * here changes the bytes of every output file and makes every committed shard look stale.
+ */
+import { describe, expect, it } from 'vitest'
+
+import { pipelines } from '../../pipelines/index.js'
+import { runConfig } from '../../pipelines/run.js'
+
+const MODEL = '16cecd436567133b79a043b8d1208a819031948f517a19483b6ad6e39cc70623'
+const READ = '"read":{"imageColumn":null,"idColumn":null,"keep":[]}'
+const IDENTITY = `"identity":{"model":"${MODEL}"}`
+
+const cases: { pipeline: string; settings: Record<string, unknown>; keep?: string[]; hash: string; output: string }[] = [
+  { pipeline: 'scan', settings: {}, hash: 'd33c69ded5d09027', output: `{"pipeline":"scan","scan":{"size":64,"maxPixels":64000000,"maxBytes":67108864},${READ}}` },
+  { pipeline: 'scan', settings: { size: 32, maxPixels: 1000, concurrency: 3 }, hash: '630c249be4e8b6e9', output: `{"pipeline":"scan","scan":{"size":32,"maxPixels":1000,"maxBytes":67108864},${READ}}` },
+  { pipeline: 'caption', settings: {}, hash: 'e57343e4613bc8e6', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  {
+    pipeline: 'caption',
+    settings: { maxNewTokens: 5, beams: 3, slots: 2, continuous: false, batchSize: 4, workers: 1, threads: 2 },
+    hash: 'fefc4fce1ddc0006',
+    output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":5,"beams":3},${READ},${IDENTITY}}`,
+  },
+  { pipeline: 'video-caption', settings: {}, hash: 'bf64cb7c4d38a6ee', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  { pipeline: 'vqa', settings: {}, hash: '390d9c64670d9b0e', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${IDENTITY}}` },
+  {
+    pipeline: 'vqa',
+    settings: { questions: ['what?', 'why?'], maxNewTokens: 4 },
+    hash: '656c3dd33c7c2019',
+    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${IDENTITY}}`,
+  },
+  { pipeline: 'embed', settings: {}, hash: '83db83d1d7e8f6b7', output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":67108864,"normalize":true},${READ},${IDENTITY}}` },
+  {
+    pipeline: 'embed',
+    settings: { normalize: false, maxBytes: 1000 },
+    keep: ['a'],
+    hash: '0fcc01f54372b799',
+    output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":1000,"normalize":false},"read":{"imageColumn":null,"idColumn":null,"keep":["a"]},${IDENTITY}}`,
+  },
+]
+
+describe('runConfig: the output config and config hash', () => {
+  for (const c of cases) {
+    it(`${c.pipeline} ${JSON.stringify(c.settings)}`, () => {
+      const definition = pipelines[c.pipeline]
+      const config = definition.schema.parse({ ...definition.defaults, ...c.settings })
+      const { hash, output } = runConfig(definition, config, { inputs: ['in'], outDir: 'out', ...(c.keep ? { keep: c.keep } : {}) })
+      expect(JSON.stringify(output)).toBe(c.output)
+      expect(hash).toBe(c.hash)
+    })
+  }
+
+  it('speed settings change neither the output config nor the hash', () => {
+    const definition = pipelines.caption
+    const base = runConfig(definition, definition.schema.parse({ ...definition.defaults }), { inputs: ['in'], outDir: 'out' })
+    const fast = runConfig(definition, definition.schema.parse({ ...definition.defaults, batchSize: 3, maxWaitMs: 1, workers: 3, threads: 2, concurrency: 1, slots: 1, continuous: false }), { inputs: ['in'], outDir: 'out' })
+    expect(fast.hash).toBe(base.hash)
+    expect(JSON.stringify(fast.output)).toBe(JSON.stringify(base.output))
+  })
+})
