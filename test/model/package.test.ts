@@ -4,7 +4,8 @@ import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 
 import { ModelManifestError } from '../../src/errors.js'
-import { REQUIRED_GRAPHS, loadModelPackage } from '../../src/model/package.js'
+import { REQUIRED_GRAPHS } from '../../src/model/manifest.js'
+import { loadModelPackage } from '../../src/model/package.js'
 import { ROOT } from '../helpers/cli.js'
 import { tempDir } from '../helpers/util.js'
 
@@ -28,6 +29,7 @@ function writePackage(edit: (m: Record<string, any>) => void = () => {}): void {
     preprocessing: { size: 64, resize: 'fill', mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] },
     tokenizer: { type: 'word', file: 'vocab.txt', split_punctuation: ['?'], unknown: '<unk>' },
     special_tokens: { pad: 0, bos: 1, eos: 2, unk: 3, sep: 4 },
+    prompts: { caption: ['<bos>'], vqa: ['<bos>', '{question}', '<sep>'] },
     generation: { max_new_tokens: 32, strategy: 'greedy' },
     graphs: Object.fromEntries(REQUIRED_GRAPHS.map((g) => [g, { ...graph }])),
     files: { 'vocab.txt': { sha256: sha(join(dir, 'vocab.txt')) } },

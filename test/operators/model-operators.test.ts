@@ -33,7 +33,7 @@ const SCENES = fileURLToPath(new URL('../../fixtures/scenes/', import.meta.url))
 
 const models: VisionLanguageModel[] = []
 const open = (workers = 2) => {
-  const model = new VisionLanguageModel(DIR, { workers })
+  const model = new VisionLanguageModel(DIR, { inferenceThreads: workers })
   models.push(model)
   return model
 }
@@ -61,7 +61,7 @@ async function run(file: string, options: { limit: number; batch: number; worker
         metrics,
         slots: options.slots ?? 32,
         continuous: options.continuous ?? true,
-        ...(options.maxNewTokens ? { maxNewTokens: options.maxNewTokens } : {}),
+        ...(options.maxNewTokens ? { generation: { maxNewTokens: options.maxNewTokens } } : {}),
         ...(options.questions ? { questions: (row) => row.kept.question as string } : {}),
       }),
       toArray(),
@@ -153,7 +153,7 @@ describe.skipIf(!HAVE)('model operators on the reference model', () => {
       resampleTokens({ model }),
       routeToExperts({ model }),
       crossAttend({ model }),
-      decodeText({ model, maxNewTokens: 4 }),
+      decodeText({ model, generation: { maxNewTokens: 4 } }),
     ] as const
 
     it('empty input: completes with nothing and starts no worker', async () => {

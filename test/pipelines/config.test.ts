@@ -19,7 +19,7 @@ const cases: { pipeline: string; settings: Record<string, unknown>; keep?: strin
   { pipeline: 'caption', settings: {}, hash: 'e57343e4613bc8e6', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
   {
     pipeline: 'caption',
-    settings: { maxNewTokens: 5, beams: 3, slots: 2, continuous: false, batchSize: 4, workers: 1, threads: 2 },
+    settings: { maxNewTokens: 5, beams: 3, slots: 2, continuous: false, batchSize: 4, inferenceThreads: 1, intraOpThreads: 2 },
     hash: 'fefc4fce1ddc0006',
     output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":5,"beams":3},${READ},${IDENTITY}}`,
   },
@@ -55,7 +55,7 @@ describe('runConfig: the output config and config hash', () => {
   it('speed settings change neither the output config nor the hash', () => {
     const definition = pipelines.caption
     const base = runConfig(definition, definition.schema.parse({ ...definition.defaults }), { inputs: ['in'], outDir: 'out' })
-    const fast = runConfig(definition, definition.schema.parse({ ...definition.defaults, batchSize: 3, maxWaitMs: 1, workers: 3, threads: 2, concurrency: 1, slots: 1, continuous: false }), { inputs: ['in'], outDir: 'out' })
+    const fast = runConfig(definition, definition.schema.parse({ ...definition.defaults, batchSize: 3, maxWaitMs: 1, inferenceThreads: 3, intraOpThreads: 2, concurrency: 1, slots: 1, continuous: false }), { inputs: ['in'], outDir: 'out' })
     expect(fast.hash).toBe(base.hash)
     expect(JSON.stringify(fast.output)).toBe(JSON.stringify(base.output))
   })

@@ -42,7 +42,7 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     expect(stages).toEqual(expect.arrayContaining(['extractVitFeatures', 'resampleTokens', 'routeToExperts', 'crossAttend', 'decodeText']))
     expect(summary.config.identity.model).toMatch(/^[0-9a-f]{64}$/)
 
-    const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--workers', '1'])
+    const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--inference-threads', '1'])
     expect(again.stdout).toMatch(/0 committed, 3 skipped/) // speed flags do not change the config hash
     const changed = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '7'])
     expect(changed.stdout).toMatch(/3 committed, 0 skipped/) // content flags do
@@ -115,8 +115,8 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     const strict = runCli(['caption', 'fixtures/scenes/test.parquet', '-o', join(dir, 'x4'), ...model, '--limit', '2', '--provider', 'cuda', '--strict-provider'])
     expect(strict.code).toBe(6)
     expect(strict.stderr).toMatch(/execution provider cuda cannot start/)
-    const badFlag = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x5'), ...model, '--workers', '0'])
+    const badFlag = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x5'), ...model, '--inference-threads', '0'])
     expect(badFlag.code).toBe(2)
-    expect(badFlag.stderr).toMatch(/workers/)
+    expect(badFlag.stderr).toMatch(/PipelineConfigError: inferenceThreads: /)
   })
 })
