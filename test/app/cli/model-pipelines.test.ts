@@ -98,6 +98,12 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     }
   })
 
+  it('--help shows each pipeline\'s own defaults (vqa generates 8 tokens, caption 32)', () => {
+    const line = (pipeline: string) => runCli([pipeline, '--help']).stdout.split('\n').find((l) => l.includes('--max-new-tokens'))
+    expect(line('vqa')).toMatch(/--max-new-tokens <n> +most generated tokens per text \(default 8\)$/)
+    expect(line('caption')).toMatch(/--max-new-tokens <n> +most generated tokens per text \(default 32\)$/)
+  })
+
   it('explains model problems: a missing folder, a corrupt graph, a provider that cannot start', async () => {
     const missing = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x1'), '--model', join(dir, 'nowhere')])
     expect(missing.code).toBe(2)
