@@ -100,11 +100,7 @@ export function runConfig(definition: PipelineDefinition, config: object, option
   const stored = { pipeline: definition.name, [definition.name]: config, read, ...(identity ? { identity } : {}) }
   const settings = outputSettings(definition, config)
   const output = { pipeline: definition.name, [definition.name]: settings, read, ...(identity ? { identity } : {}) }
-  // 0.1.0 dropped every key named like an engine setting from each part it hashed: `identity.model` (the
-  // fingerprint) shares its name with the engine setting `model` (the folder), so it never entered the hash.
-  const engineKeys = Object.keys(config).filter((key) => !definition.outputKeys.includes(key))
-  const hashedIdentity = identity && Object.fromEntries(Object.entries(identity).filter(([key]) => !engineKeys.includes(key)))
-  const hash = configHash({ pipeline: definition.name, config: settings, read, ...(hashedIdentity ? { identity: hashedIdentity } : {}) })
+  const hash = configHash({ pipeline: definition.name, config: settings, read, ...(identity ? { identity } : {}) })
   return { stored, hash, output }
 }
 

@@ -1,10 +1,16 @@
 /**
  * What a run stores in each output file (`evflow.config`) and hashes (`evflow.config_hash`, which decides
- * what a rerun skips): only the settings that decide the output, serialized exactly as evflow 0.1.0 wrote
- * them. The expected strings were produced by the code before the options were split by meaning; a change
- * here changes the bytes of every output file and makes every committed shard look stale.
+ * what a rerun skips): only the settings that decide the output. The stored strings are exactly those
+ * evflow 0.1.0 wrote (produced by the code before the options were split by meaning). The hashes of the
+ * model pipelines differ from 0.1.0's, which left the model's fingerprint out (its key `identity.model` was
+ * dropped as if it were the engine setting `model`): now another model gives another hash. A change here
+ * changes the bytes of every output file and makes every committed shard look stale.
  */
-import { describe, expect, it } from 'vitest'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+
+import { tempDir } from '../helpers/util.js'
 
 import { pipelines } from '../../pipelines/index.js'
 import { runConfig } from '../../pipelines/run.js'
@@ -16,32 +22,35 @@ const IDENTITY = `"identity":{"model":"${MODEL}"}`
 const cases: { pipeline: string; settings: Record<string, unknown>; keep?: string[]; hash: string; output: string }[] = [
   { pipeline: 'scan', settings: {}, hash: 'd33c69ded5d09027', output: `{"pipeline":"scan","scan":{"size":64,"maxPixels":64000000,"maxBytes":67108864},${READ}}` },
   { pipeline: 'scan', settings: { size: 32, maxPixels: 1000, concurrency: 3 }, hash: '630c249be4e8b6e9', output: `{"pipeline":"scan","scan":{"size":32,"maxPixels":1000,"maxBytes":67108864},${READ}}` },
-  { pipeline: 'caption', settings: {}, hash: 'e57343e4613bc8e6', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  { pipeline: 'caption', settings: {}, hash: '2610bbb06c822199', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
   {
     pipeline: 'caption',
     settings: { maxNewTokens: 5, beams: 3, slots: 2, continuous: false, batchSize: 4, inferenceThreads: 1, intraOpThreads: 2 },
-    hash: 'fefc4fce1ddc0006',
+    hash: '21cabe458b64bc9d',
     output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":5,"beams":3},${READ},${IDENTITY}}`,
   },
-  { pipeline: 'video-caption', settings: {}, hash: 'bf64cb7c4d38a6ee', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
-  { pipeline: 'vqa', settings: {}, hash: '390d9c64670d9b0e', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${IDENTITY}}` },
+  { pipeline: 'video-caption', settings: {}, hash: '4982f1d38a02b93e', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  { pipeline: 'vqa', settings: {}, hash: 'b548c60b8f69eb93', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${IDENTITY}}` },
   {
     pipeline: 'vqa',
     settings: { questions: ['what?', 'why?'], maxNewTokens: 4 },
-    hash: '656c3dd33c7c2019',
+    hash: '91ff4fe28c7d8a53',
     output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${IDENTITY}}`,
   },
-  { pipeline: 'embed', settings: {}, hash: '83db83d1d7e8f6b7', output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":67108864,"normalize":true},${READ},${IDENTITY}}` },
+  { pipeline: 'embed', settings: {}, hash: '9c07721f8074ba3f', output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":67108864,"normalize":true},${READ},${IDENTITY}}` },
   {
     pipeline: 'embed',
     settings: { normalize: false, maxBytes: 1000 },
     keep: ['a'],
-    hash: '0fcc01f54372b799',
+    hash: 'c69512cdac6bc6fb',
     output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":1000,"normalize":false},"read":{"imageColumn":null,"idColumn":null,"keep":["a"]},${IDENTITY}}`,
   },
 ]
 
 describe('runConfig: the output config and config hash', () => {
+  const { dir, cleanup } = tempDir('evflow-config-')
+  afterAll(cleanup)
+
   for (const c of cases) {
     it(`${c.pipeline} ${JSON.stringify(c.settings)}`, () => {
       const definition = pipelines[c.pipeline]
@@ -51,6 +60,21 @@ describe('runConfig: the output config and config hash', () => {
       expect(hash).toBe(c.hash)
     })
   }
+
+  it('another model (another manifest fingerprint) gives another hash; the same model in another folder the same', () => {
+    const definition = pipelines.caption
+    const manifest = readFileSync(join(definition.defaults.model as string, 'manifest.json'), 'utf8')
+    const place = (name: string, text: string) => {
+      mkdirSync(join(dir, name))
+      writeFileSync(join(dir, name, 'manifest.json'), text)
+      return runConfig(definition, definition.schema.parse({ ...definition.defaults, model: join(dir, name) }), { inputs: ['in'], outDir: 'out' })
+    }
+    const bundled = runConfig(definition, definition.schema.parse({ ...definition.defaults }), { inputs: ['in'], outDir: 'out' })
+    expect(place('moved', manifest).hash).toBe(bundled.hash)
+    const other = place('other', manifest.replace('"name": "evlm-tiny"', '"name": "evlm-other"'))
+    expect(other.hash).not.toBe(bundled.hash)
+    expect((other.output.identity as { model: string }).model).not.toBe(MODEL)
+  })
 
   it('speed settings change neither the output config nor the hash', () => {
     const definition = pipelines.caption
