@@ -3,6 +3,7 @@
  * committed reference model (EVFLOW_PARITY_MODEL=dir for another package): every input row gives one output
  * row in input order, error rows keep their reasons, a rerun resumes, and model problems are clear errors.
  */
+import { createHash } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync, mkdirSync, copyFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -40,7 +41,7 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     const summary = JSON.parse(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8'))
     const stages = summary.stages.map((s: { stage: string }) => s.stage)
     expect(stages).toEqual(expect.arrayContaining(['extractVitFeatures', 'resampleTokens', 'routeToExperts', 'crossAttend', 'decodeText']))
-    expect(summary.config.identity.model).toMatch(/^[0-9a-f]{64}$/)
+    expect(summary.config.identity.model).toBe(createHash('sha256').update(readFileSync(join(MODEL, 'manifest.json'))).digest('hex'))
 
     const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--inference-threads', '1'])
     expect(again.stdout).toMatch(/0 committed, 3 skipped/) // speed flags do not change the config hash
