@@ -1,8 +1,8 @@
 import type { OperatorFunction } from 'rxjs'
 
 import { PipelineConfigError } from '../src/errors.js'
-import { validateGeneration, type GenerationParams } from '../src/model/generate.js'
-import { planPrompts, type Asked } from '../src/model/prompts.js'
+import { decoderSpecOf, validateGeneration, type GenerationParams } from '../src/model/generate.js'
+import { generatedTexts, planPrompts, type Asked } from '../src/model/prompts.js'
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { copyTensor } from '../src/tensor/tensors.js'
 import { isCrossMemory, type BatchRow, type CrossMemory, type ErrorRecord, type GeneratedText } from '../src/records.js'
@@ -68,27 +68,14 @@ export function decodeText<T extends { kind: string }>(options: DecodeTextOption
       })
       if (plan.samples.length === 0) return plan.refused
       const params: GenerationParams = { maxNewTokens: maxNewTokens ?? manifest.generation.max_new_tokens, beams, lengthPenalty }
-      const { dims, special_tokens: special } = manifest
-      const decoder = { maxPositions: dims.max_text_len, eos: special.eos, pad: special.pad, nLayer: dims.n_layer, heads: dims.n_head, headDim: dims.head_dim }
       // Copies cross to the inference thread (transferring detaches them): the input record stays intact.
       const memory = { xattn_k: copyTensor(batch.xattn_k), xattn_v: copyTensor(batch.xattn_v), xattn_mask: copyTensor(batch.xattn_mask) }
-      const { sequences, stats, ms } = await model.pool().generate(model.graph('decoder'), memory, plan.samples, params, batching, decoder)
+      const { sequences, stats, ms } = await model.pool().generate(model.graph('decoder'), memory, plan.samples, params, batching, decoderSpecOf(manifest))
       metrics?.add('compute_ms', ms)
       metrics?.add('tokens', stats.tokens)
       metrics?.add('decoder_runs', stats.decoderRuns)
       metrics?.add('row_steps', stats.rowSteps)
-      const texts = plan.planned.map(({ row, prompts: asked, first }): GeneratedText => ({
-        kind: 'generated-text',
-        key: row.key,
-        source: row.source,
-        kept: row.kept,
-        id: row.id,
-        generations: asked.map((prompt, i) => {
-          const { tokens, finish } = sequences[first + i]
-          return { prompt, text: tokenizer.decode(tokens), tokens, finish }
-        }),
-      }))
-      return [...plan.refused, ...texts]
+      return [...plan.refused, ...generatedTexts(plan.planned, sequences, tokenizer)]
     },
   }, options)
 }

@@ -101,7 +101,7 @@ export function mapRecords<T, In, Out>(
           if (metrics) {
             metrics.busy(performance.now() - began)
             metrics.out(out.length)
-            for (const r of out) if (isErrorRecord(r as { kind: string })) metrics.errors += 1
+            for (const r of out) if (isErrorRecord(r)) metrics.errors += 1
           }
           deliver(index, out)
           const next = waiting.shift()

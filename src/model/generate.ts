@@ -20,6 +20,7 @@
 import { ModelUsageError, PipelineConfigError, ShapeMismatchError } from '../errors.js'
 import { elementCount, float32, int64, type Feeds, type TensorData } from '../tensor/tensors.js'
 import { KvCache, type CacheShape } from './kv-cache.js'
+import type { ModelManifest } from './manifest.js'
 import { bestHypothesis, selectNext, type Beam, type Sequence } from './search.js'
 
 /**
@@ -49,6 +50,12 @@ export interface DecoderSpec extends CacheShape {
   readonly maxPositions: number
   readonly eos: number
   readonly pad: number
+}
+
+/** The decoder's facts in a manifest: positions (`dims.max_text_len`), end and pad tokens, cache dims. */
+export function decoderSpecOf(manifest: Pick<ModelManifest, 'dims' | 'special_tokens'>): DecoderSpec {
+  const { dims, special_tokens: special } = manifest
+  return { maxPositions: dims.max_text_len, eos: special.eos, pad: special.pad, nLayer: dims.n_layer, heads: dims.n_head, headDim: dims.head_dim }
 }
 
 export interface GenerationSample {

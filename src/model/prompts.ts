@@ -2,11 +2,12 @@
  * Prompts from the manifest's templates (`prompts.caption`, `prompts.vqa`): a template names special tokens
  * (`<bos>`, `<sep>`) and holds the `{question}` slot for VQA. `compilePrompt` resolves the names against the
  * tokenizer once (an unknown token is a `ModelManifestError` when the package loads); `planPrompts` turns the
- * rows of a batch into generation samples, and the rows that cannot be asked into error rows. Pure functions.
+ * rows of a batch into generation samples, and the rows that cannot be asked into error rows;
+ * `generatedTexts` turns the generated sequences back into one record per row. Pure functions.
  */
 import { ModelManifestError } from '../errors.js'
-import { toErrorRecord, type BatchRow, type ErrorRecord } from '../records.js'
-import type { GenerationSample } from './generate.js'
+import { toErrorRecord, type BatchRow, type ErrorRecord, type GeneratedText } from '../records.js'
+import type { GeneratedSequence, GenerationSample } from './generate.js'
 import { QUESTION_SLOT } from './manifest.js'
 import type { TextTokenizer } from './tokenizer.js'
 
@@ -97,4 +98,19 @@ export function planPrompts(rows: readonly BatchRow[], options: PlanPromptsOptio
     for (const prompt of ids) samples.push({ memoryRow, prompt })
   })
   return { planned, samples, refused }
+}
+
+/** One `GeneratedText` per planned row: a `Generation` per prompt, from `sequences` (in sample order). */
+export function generatedTexts(planned: readonly PlannedRow[], sequences: readonly GeneratedSequence[], tokenizer: TextTokenizer): GeneratedText[] {
+  return planned.map(({ row, prompts, first }) => ({
+    kind: 'generated-text',
+    key: row.key,
+    source: row.source,
+    kept: row.kept,
+    id: row.id,
+    generations: prompts.map((prompt, i) => {
+      const { tokens, finish } = sequences[first + i]
+      return { prompt, text: tokenizer.decode(tokens), tokens, finish }
+    }),
+  }))
 }
