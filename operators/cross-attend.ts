@@ -1,8 +1,9 @@
 import type { OperatorFunction } from 'rxjs'
 
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
-import { float32, int64 } from '../src/tensor/tensors.js'
-import type { CrossMemory, ErrorRecord, VisualTokens } from '../src/records.js'
+import { frameMask, packFrames } from '../src/tensor/frames.js'
+import { float32, float32Data, int64 } from '../src/tensor/tensors.js'
+import { isVisualTokens, type CrossMemory, type ErrorRecord, type VisualTokens } from '../src/records.js'
 import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 
 export interface CrossAttendOptions extends ModelStageOptions {
@@ -24,37 +25,23 @@ export interface CrossAttendOptions extends ModelStageOptions {
  */
 export function crossAttend<T extends { kind: string }>(options: CrossAttendOptions): OperatorFunction<T, Exclude<T, VisualTokens> | CrossMemory | ErrorRecord> {
   const { model } = options
-  return modelStage<VisualTokens>(
-    'crossAttend',
+  return modelStage({
+    name: 'crossAttend',
     model,
-    (record) => (record as { kind: string }).kind === 'visual-tokens',
-    (batch) => batch.rows,
-    async (batch, metrics) => {
+    accepts: isVisualTokens,
+    rows: (batch) => batch.rows,
+    run: async (batch, metrics) => {
       const [, l, q, d] = batch.visual_tokens.dims
-      const per = l * q * d
-      const rows = batch.rows
-      const f = Math.max(...rows.map((r) => r.frames))
-      const source = batch.visual_tokens.data as Float32Array
-      let packed: Float32Array
-      if (f === 1) packed = source.slice()
-      else {
-        packed = new Float32Array(rows.length * f * per)
-        let offset = 0
-        rows.forEach((row, b) => {
-          packed.set(source.subarray(offset * per, (offset + row.frames) * per), b * f * per)
-          offset += row.frames
-        })
-      }
-      const frameMask = new Array<number>(rows.length * f).fill(0)
-      rows.forEach((row, b) => frameMask.fill(1, b * f, b * f + row.frames))
+      const frames = batch.rows.map((row) => row.frames)
+      // Packing writes a new array (clips padded to the longest), which is transferred: the input record stays intact.
+      const packed = packFrames(float32Data(batch.visual_tokens, 'visual_tokens'), frames, l * q * d)
       const { outputs, ms } = await model.pool().run(model.graph('xattn_kv'), {
-        visual_tokens: float32([rows.length, f, l, q, d], packed),
-        frame_mask: int64([rows.length, f], frameMask),
+        visual_tokens: float32([frames.length, packed.frames, l, q, d], packed.data),
+        frame_mask: int64([frames.length, packed.frames], frameMask(frames, packed.frames)),
       })
       metrics?.add('compute_ms', ms)
-      const memory: CrossMemory = { kind: 'cross-memory', rows, xattn_k: outputs.xattn_k, xattn_v: outputs.xattn_v, xattn_mask: outputs.xattn_mask }
+      const memory: CrossMemory = { kind: 'cross-memory', rows: batch.rows, xattn_k: outputs.xattn_k, xattn_v: outputs.xattn_v, xattn_mask: outputs.xattn_mask }
       return [memory]
     },
-    options,
-  ) as OperatorFunction<T, Exclude<T, VisualTokens> | CrossMemory | ErrorRecord>
+  }, options)
 }

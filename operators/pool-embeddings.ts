@@ -1,7 +1,9 @@
-import { mergeMap, type OperatorFunction } from 'rxjs'
+import type { OperatorFunction } from 'rxjs'
 
 import type { RunMetrics } from '../src/engine/metrics.js'
-import type { Embedding, VisualTokens } from '../src/records.js'
+import { isVisualTokens, type Embedding, type VisualTokens } from '../src/records.js'
+import { meanPoolRows } from '../src/tensor/pool.js'
+import { flatMapRecords } from './internal/map-records.js'
 
 export interface PoolEmbeddingsOptions {
   /** L2-normalise each embedding (cosine similarity = dot product). Default true. */
@@ -23,28 +25,10 @@ export interface PoolEmbeddingsOptions {
 export function poolEmbeddings<T extends { kind: string }>(options: PoolEmbeddingsOptions = {}): OperatorFunction<T, Exclude<T, VisualTokens> | Embedding> {
   const normalize = options.normalize ?? true
   const stage = options.metrics?.stage('poolEmbeddings')
-  return mergeMap((record: T): (Exclude<T, VisualTokens> | Embedding)[] => {
-    if (record.kind !== 'visual-tokens') return [record as Exclude<T, VisualTokens>]
-    const batch = record as unknown as VisualTokens
-    const dims = batch.visual_tokens.dims
-    const d = dims[dims.length - 1]
-    const perFrame = batch.visual_tokens.data.length / d / dims[0]
-    const data = batch.visual_tokens.data as Float32Array
-    let frame = 0
+  return flatMapRecords(isVisualTokens, (batch: VisualTokens): Embedding[] => {
     stage?.in(batch.rows.length)
-    const out = batch.rows.map((row): Embedding => {
-      const sum = new Float64Array(d)
-      const count = row.frames * perFrame
-      const start = frame * perFrame * d
-      for (let t = 0; t < count; t++) for (let c = 0; c < d; c++) sum[c] += data[start + t * d + c]
-      frame += row.frames
-      const embedding = new Float32Array(d)
-      let norm = 0
-      for (let c = 0; c < d; c++) norm += (sum[c] / count) ** 2
-      const scale = normalize && norm > 0 ? 1 / Math.sqrt(norm) : 1
-      for (let c = 0; c < d; c++) embedding[c] = (sum[c] / count) * scale
-      return { kind: 'embedding', key: row.key, source: row.source, kept: row.kept, id: row.id, embedding }
-    })
+    const vectors = meanPoolRows(batch.visual_tokens, batch.rows.map((row) => row.frames), normalize)
+    const out = batch.rows.map((row, i): Embedding => ({ kind: 'embedding', key: row.key, source: row.source, kept: row.kept, id: row.id, embedding: vectors[i] }))
     if (stage) {
       stage.batches += 1
       stage.out(out.length)

@@ -2,7 +2,7 @@ import type { OperatorFunction } from 'rxjs'
 
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { copyTensor } from '../src/tensor/tensors.js'
-import type { ErrorRecord, VisualTokens, VitFeatures } from '../src/records.js'
+import { isVitFeatures, type ErrorRecord, type VisualTokens, type VitFeatures } from '../src/records.js'
 import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
 
 export interface ResampleTokensOptions extends ModelStageOptions {
@@ -22,17 +22,17 @@ export interface ResampleTokensOptions extends ModelStageOptions {
  */
 export function resampleTokens<T extends { kind: string }>(options: ResampleTokensOptions): OperatorFunction<T, Exclude<T, VitFeatures> | VisualTokens | ErrorRecord> {
   const { model } = options
-  return modelStage<VitFeatures>(
-    'resampleTokens',
+  return modelStage({
+    name: 'resampleTokens',
     model,
-    (record) => (record as { kind: string }).kind === 'vit-features',
-    (batch) => batch.rows,
-    async (batch, metrics) => {
+    accepts: isVitFeatures,
+    rows: (batch) => batch.rows,
+    run: async (batch, metrics) => {
+      // A copy crosses to the inference thread (transferring detaches it): the input record stays intact.
       const { outputs, ms } = await model.pool().run(model.graph('resampler'), { taps: copyTensor(batch.taps) })
       metrics?.add('compute_ms', ms)
       const tokens: VisualTokens = { kind: 'visual-tokens', rows: batch.rows, visual_tokens: outputs.visual_tokens, refined: false }
       return [tokens]
     },
-    options,
-  ) as OperatorFunction<T, Exclude<T, VitFeatures> | VisualTokens | ErrorRecord>
+  }, options)
 }

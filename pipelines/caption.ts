@@ -1,20 +1,23 @@
-import { z } from 'zod'
+import type { z } from 'zod'
 
-import type { PipelineDefinition } from './definition.js'
+import { pipelineConfig, type PipelineDefinition } from './definition.js'
 import type { Caption } from '../src/records.js'
 import {
-  MODEL_PERFORMANCE_KEYS,
+  batchingShape,
+  decodeLimitsShape,
   generationDefaults,
   generationFlags,
   generationShape,
-  modelConfigShape,
   modelDefaults,
+  modelEngineShape,
   modelFlags,
   modelIdentity,
   textStages,
 } from './model-chain.js'
 
-export const captionConfigSchema = z.strictObject({ ...modelConfigShape, ...generationShape })
+const captionConfig = pipelineConfig({ ...decodeLimitsShape, ...generationShape }, { ...modelEngineShape, ...batchingShape })
+
+export const captionConfigSchema = captionConfig.schema
 
 export type CaptionConfig = z.infer<typeof captionConfigSchema>
 
@@ -26,8 +29,8 @@ function captionDefinition(name: string, summary: string): PipelineDefinition<Ca
     summary,
     defaults: captionDefaults,
     schema: captionConfigSchema,
+    outputKeys: captionConfig.outputKeys,
     flags: [...modelFlags, ...generationFlags],
-    performanceKeys: MODEL_PERFORMANCE_KEYS,
     read: () => ({ requireImage: true }),
     identity: modelIdentity,
     stages: (config, context) => textStages(config, context),

@@ -1,17 +1,18 @@
 /**
- * What a pipeline is to the runner and the CLI: a name, defaults, a config schema, the stages between
- * `readShards` and `writeShards`, and the result columns it writes.
+ * What a pipeline is to the runner and the CLI: a name, a config in two parts (the settings that decide the
+ * output, and the engine settings that only change speed), the stages between `readShards` and
+ * `writeShards`, and the result columns it writes.
  */
 import { createHash } from 'node:crypto'
 import type { OperatorFunction } from 'rxjs'
-import type { z } from 'zod'
+import { z } from 'zod'
 
+import type { ShardRecord } from '../operators/read-shards.js'
+import { PipelineConfigError } from '../src/errors.js'
 import type { OutputColumn } from '../src/parquet/output-schema.js'
 import type { ShardColumns } from '../src/parquet/shards.js'
-import type { ErrorRecord, ImageRow, KeyedRecord, ShardNotice } from '../src/records.js'
+import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import type { RunMetrics } from '../src/engine/metrics.js'
-
-export type SourceRecord = ImageRow | ErrorRecord | ShardNotice
 
 export interface StageContext {
   readonly metrics: RunMetrics
@@ -21,6 +22,7 @@ export interface StageContext {
 export interface PipelineFlag {
   /** commander flags, e.g. `--size <px>`. */
   readonly flags: string
+  /** What the flag does; the CLI adds the default from the pipeline's `defaults` (see `flagHelp`). */
   readonly description: string
   /** The config key the flag sets. */
   readonly key: string
@@ -28,6 +30,10 @@ export interface PipelineFlag {
   readonly parse?: (text: string) => unknown
   /** The flag may be given several times; the values form a list. */
   readonly repeatable?: boolean
+  /** How the default is shown. Default: numbers and strings as they are. */
+  readonly formatDefault?: (value: unknown) => string
+  /** The default in words, for a default that depends on the machine (e.g. `the number of cores`). */
+  readonly defaultText?: string
 }
 
 export interface PipelineDefinition<C extends object = object, R extends KeyedRecord = KeyedRecord> {
@@ -37,16 +43,50 @@ export interface PipelineDefinition<C extends object = object, R extends KeyedRe
   readonly defaults: Readonly<C>
   /** Validates a partial config merged over the defaults. */
   readonly schema: z.ZodType<C>
+  /**
+   * The config keys that decide the output, in the order they are stored: written into every output file
+   * and hashed into the config hash (which decides what a rerun skips). Every other key is an engine
+   * setting (batch size, threads, provider, ...) and changes only speed. Made by `pipelineConfig`.
+   */
+  readonly outputKeys: readonly string[]
   /** Pipeline-specific CLI flags. */
   readonly flags: readonly PipelineFlag[]
-  /** Config keys that change speed, not output (left out of the config hash). */
-  readonly performanceKeys: readonly string[]
   /** What `readShards` must read; `keep` adds input columns the stages need (merged with the user's `--keep`). */
   readonly read: (config: C) => Pick<ShardColumns, 'requireImage' | 'keep'>
   /** What else decides the output besides the config (e.g. the model's fingerprint), for the config hash. */
   readonly identity?: (config: C) => Readonly<Record<string, unknown>>
-  readonly stages: (config: C, context: StageContext) => OperatorFunction<SourceRecord, R | ErrorRecord | ShardNotice>
+  readonly stages: (config: C, context: StageContext) => OperatorFunction<ShardRecord, R | ErrorRecord | ShardNotice>
   readonly columns: (config: C) => readonly OutputColumn<R>[]
+}
+
+/**
+ * A pipeline's config schema from its two parts: `output`, the settings that decide the output (the
+ * pipeline's `SamplingParams`: decode limits, generation length and search, questions, ...), and `engine`,
+ * those that only change speed. Returns the strict schema of both and the output keys, in `output`'s order.
+ */
+export function pipelineConfig<O extends z.ZodRawShape, E extends z.ZodRawShape>(output: O, engine: E) {
+  for (const key of Object.keys(engine)) if (key in output) throw new PipelineConfigError(key, 'is both an output and an engine setting')
+  return { schema: z.strictObject({ ...output, ...engine }), outputKeys: Object.freeze(Object.keys(output)) }
+}
+
+/** The output-deciding part of `config` (`definition.outputKeys`), keys in that order. */
+export function outputSettings(definition: Pick<PipelineDefinition, 'outputKeys'>, config: object): Record<string, unknown> {
+  const values = config as Readonly<Record<string, unknown>>
+  return Object.fromEntries(definition.outputKeys.filter((key) => key in values).map((key) => [key, values[key]]))
+}
+
+/** A flag's integer (`parse` of integer flags; the schema rejects what is not one). */
+export const int = (text: string): number => Number.parseInt(text, 10)
+
+/** A byte count as MiB when it is a whole number of them (a `formatDefault`). */
+export const mebibytes = (value: unknown): string => (typeof value === 'number' && value > 0 && value % 2 ** 20 === 0 ? `${value / 2 ** 20} MiB` : String(value))
+
+/** A flag's help line: its description and the pipeline's default for it (none for switches and empty lists). */
+export function flagHelp(flag: PipelineFlag, defaults: object): string {
+  if (flag.defaultText !== undefined) return `${flag.description} (default: ${flag.defaultText})`
+  const value = (defaults as Readonly<Record<string, unknown>>)[flag.key]
+  if (value === undefined || typeof value === 'boolean' || (Array.isArray(value) && value.length === 0)) return flag.description
+  return `${flag.description} (default ${flag.formatDefault ? flag.formatDefault(value) : String(value)})`
 }
 
 /** Stable JSON: object keys sorted. */
@@ -59,14 +99,9 @@ export function stableJson(value: unknown): string {
   })
 }
 
-/** Hash of everything that decides the output's content. */
-export function configHash(parts: Record<string, unknown>, performanceKeys: readonly string[] = []): string {
-  const strip = (v: unknown): unknown => {
-    if (!v || typeof v !== 'object' || Array.isArray(v)) return v
-    return Object.fromEntries(Object.entries(v as Record<string, unknown>).filter(([k]) => !performanceKeys.includes(k)))
-  }
-  const reduced = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, strip(v)]))
-  return createHash('sha256').update(stableJson(reduced)).digest('hex').slice(0, 16)
+/** Hash of everything that decides the output's content: stable JSON of `parts`, sha256, 16 hex digits. */
+export function configHash(parts: Record<string, unknown>): string {
+  return createHash('sha256').update(stableJson(parts)).digest('hex').slice(0, 16)
 }
 
 /** The pipeline's read requirements merged with the user's column options (`keep` lists united). */

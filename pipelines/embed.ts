@@ -2,15 +2,20 @@ import { pipe } from 'rxjs'
 import { z } from 'zod'
 
 import { poolEmbeddings } from '../operators/pool-embeddings.js'
-import type { PipelineDefinition } from './definition.js'
-import type { Embedding, ErrorRecord, ShardNotice, VisualTokens } from '../src/records.js'
-import { MODEL_PERFORMANCE_KEYS, modelConfigShape, modelDefaults, modelFlags, modelIdentity, openModel, visionStages } from './model-chain.js'
+import { pipelineConfig, type PipelineDefinition } from './definition.js'
+import type { Embedding } from '../src/records.js'
+import { decodeLimitsShape, modelDefaults, modelEngineShape, modelFlags, modelIdentity, openModel, visionStages } from './model-chain.js'
 
-export const embedConfigSchema = z.strictObject({
-  ...modelConfigShape,
-  /** L2-normalise the embeddings. */
-  normalize: z.boolean(),
-})
+const embedConfig = pipelineConfig(
+  {
+    ...decodeLimitsShape,
+    /** L2-normalise the embeddings. */
+    normalize: z.boolean(),
+  },
+  modelEngineShape,
+)
+
+export const embedConfigSchema = embedConfig.schema
 
 export type EmbedConfig = z.infer<typeof embedConfigSchema>
 
@@ -26,13 +31,13 @@ export const embedPipeline: PipelineDefinition<EmbedConfig, Embedding> = {
   summary: 'write one embedding per image (pooled visual tokens, list<float>) for retrieval and dedup',
   defaults: embedDefaults,
   schema: embedConfigSchema,
+  outputKeys: embedConfig.outputKeys,
   flags: [...modelFlags, { flags: '--no-normalize', description: 'do not L2-normalise the embeddings', key: 'normalize' }],
-  performanceKeys: MODEL_PERFORMANCE_KEYS,
   read: () => ({ requireImage: true }),
   identity: modelIdentity,
   stages: (config, context) => {
     const model = openModel(config)
-    return pipe(visionStages(config, model, context), poolEmbeddings<VisualTokens | ErrorRecord | ShardNotice>({ normalize: config.normalize, metrics: context.metrics }))
+    return pipe(visionStages(config, model, context), poolEmbeddings({ normalize: config.normalize, metrics: context.metrics }))
   },
   columns: () => [{ name: 'embedding', type: 'FLOAT_LIST', value: (r) => r.embedding }],
 }

@@ -9,9 +9,9 @@ export { scanPipeline, scanDefaults, scanConfigSchema, type ScanConfig } from '.
 export { captionPipeline, videoCaptionPipeline, captionDefaults, captionConfigSchema, type CaptionConfig } from './caption.js'
 export { vqaPipeline, vqaDefaults, vqaConfigSchema, type VqaConfig } from './vqa.js'
 export { embedPipeline, embedDefaults, embedConfigSchema, type EmbedConfig } from './embed.js'
-export { visionStages, openModel, modelDefaults, type ModelConfig } from './model-chain.js'
+export { visionStages, textStages, openModel, modelDefaults, type ModelConfig, type GenerationConfig } from './model-chain.js'
 export { runPipeline, runConfig, EVFLOW_VERSION, type RunOptions, type RunSummary, type ProgressSink, type ProgressState } from './run.js'
-export { configHash, stableJson, type PipelineDefinition, type PipelineFlag, type SourceRecord, type StageContext } from './definition.js'
+export { configHash, flagHelp, outputSettings, pipelineConfig, stableJson, type PipelineDefinition, type PipelineFlag, type StageContext } from './definition.js'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export const pipelines: Readonly<Record<string, PipelineDefinition<any, any>>> = Object.freeze({

@@ -1,10 +1,9 @@
 /**
- * What the model pipelines (`caption`, `video-caption`, `vqa`, `embed`) share: the config of the model and
- * its runtime, the CLI flags for it, and the chain decode → batch → ViT → resampler → experts.
+ * What the model pipelines (`caption`, `video-caption`, `vqa`, `embed`) share: their config (the settings
+ * that decide the output apart from the engine settings), the CLI flags for it, and the chain decode →
+ * batch → ViT → resampler → experts (→ cross-attention memory → text).
  */
-import { readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
-import { join } from 'node:path'
 import { pipe, type OperatorFunction } from 'rxjs'
 import { z } from 'zod'
 
@@ -13,168 +12,158 @@ import { crossAttend } from '../operators/cross-attend.js'
 import { decodeText, type DecodeTextOptions } from '../operators/decode-text.js'
 import { decodeImages } from '../operators/decode-images.js'
 import { extractVitFeatures } from '../operators/extract-vit-features.js'
+import type { ShardRecord } from '../operators/read-shards.js'
 import { resampleTokens } from '../operators/resample-tokens.js'
 import { routeToExperts } from '../operators/route-to-experts.js'
-import type { SourceRecord, StageContext, PipelineFlag } from './definition.js'
-import { ModelManifestError } from '../src/errors.js'
-import type { ResizeMode } from '../src/image/decode.js'
+import { int, mebibytes, type PipelineFlag, type StageContext } from './definition.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/vision-language-model.js'
-import type { CrossMemory, DecodedImage, ErrorRecord, GeneratedText, ShardNotice, VisualTokens, VitFeatures } from '../src/records.js'
+import type { ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
 
-export const modelConfigShape = {
-  /** Model package folder (manifest.json, ONNX graphs, tokenizer). */
-  model: z.string().min(1),
-  /** Images (or clips) per model batch. */
-  batchSize: z.number().int().min(1).max(4096),
-  /** Longest a partial batch waits for more rows, in ms. */
-  maxWaitMs: z.number().min(0).max(60_000),
-  /** Inference worker threads. */
-  workers: z.number().int().min(1).max(256),
-  /** ONNX Runtime intra-op threads per session. */
-  threads: z.number().int().min(1).max(256),
-  /** Execution provider. */
-  provider: z.enum(['cpu', 'webgpu', 'cuda']),
-  /** Fail instead of falling back to CPU when the provider cannot start. */
-  strictProvider: z.boolean(),
-  /** Images decoded at once. */
-  concurrency: z.number().int().min(1).max(256),
+/** Decode limits: they decide which rows become error rows, so they decide the output. */
+export const decodeLimitsShape = {
   /** Largest accepted `width × height`. */
   maxPixels: z.number().int().min(1),
   /** Largest accepted encoded size in bytes. */
   maxBytes: z.number().int().min(1),
 }
 
-export type ModelConfig = z.infer<z.ZodObject<typeof modelConfigShape>>
+/** The engine settings of every model pipeline: speed only. */
+export const modelEngineShape = {
+  /** Model package folder (manifest.json, ONNX graphs, tokenizer). Its content is in `identity`, not its path. */
+  model: z.string().min(1),
+  /** Images (or clips) per model batch. */
+  batchSize: z.number().int().min(1).max(4096),
+  /** Longest a partial batch waits for more rows, in ms. */
+  maxWaitMs: z.number().min(0).max(60_000),
+  /** Inference threads (each with its own ONNX Runtime sessions). */
+  inferenceThreads: z.number().int().min(1).max(256),
+  /** ONNX Runtime intra-op threads per session. */
+  intraOpThreads: z.number().int().min(1).max(256),
+  /** Execution provider. */
+  provider: z.enum(['cpu', 'webgpu', 'cuda']),
+  /** Fail instead of falling back to CPU when the provider cannot start. */
+  strictProvider: z.boolean(),
+  /** Images decoded at once. */
+  concurrency: z.number().int().min(1).max(256),
+}
+
+export type ModelConfig = z.infer<z.ZodObject<typeof decodeLimitsShape & typeof modelEngineShape>>
 
 export function modelDefaults(): ModelConfig {
   return {
+    maxPixels: 64_000_000,
+    maxBytes: 64 * 1024 * 1024,
     model: bundledModelDir(),
     batchSize: 32,
     // The model is the bottleneck: waiting for full batches costs nothing, and partial batches measured
     // 25% slower (batch 8 vs 32, docs/benchmarks.md). The last batch of a run is flushed at once.
     maxWaitMs: 250,
-    workers: availableParallelism(),
-    threads: 1,
+    inferenceThreads: availableParallelism(),
+    intraOpThreads: 1,
     provider: 'cpu',
     strictProvider: false,
     concurrency: 2 * availableParallelism(),
-    maxPixels: 64_000_000,
-    maxBytes: 64 * 1024 * 1024,
   }
 }
 
-/** Config keys that change speed, not output. The model's path is one: its content is in `identity`. */
-export const MODEL_PERFORMANCE_KEYS = ['model', 'batchSize', 'maxWaitMs', 'workers', 'threads', 'provider', 'strictProvider', 'concurrency', 'slots', 'continuous'] as const
-
-export const int = (text: string): number => Number.parseInt(text, 10)
-
 export const modelFlags: readonly PipelineFlag[] = [
-  { flags: '--model <dir>', description: 'model package folder (default: the bundled evlm-tiny)', key: 'model' },
-  { flags: '--batch-size <n>', description: 'images per model batch (default 32)', key: 'batchSize', parse: int },
-  { flags: '--workers <n>', description: 'inference worker threads (default: the number of cores)', key: 'workers', parse: int },
-  { flags: '--threads <n>', description: 'ONNX Runtime threads per worker (default 1)', key: 'threads', parse: int },
-  { flags: '--provider <name>', description: 'execution provider: cpu, webgpu or cuda (default cpu)', key: 'provider' },
+  { flags: '--model <dir>', description: 'model package folder', key: 'model', defaultText: 'the bundled evlm-tiny' },
+  { flags: '--batch-size <n>', description: 'images per model batch', key: 'batchSize', parse: int },
+  { flags: '--inference-threads <n>', description: 'inference threads, each with its own ONNX Runtime sessions', key: 'inferenceThreads', parse: int, defaultText: 'the number of cores' },
+  { flags: '--intra-op-threads <n>', description: 'ONNX Runtime intra-op threads per session', key: 'intraOpThreads', parse: int },
+  { flags: '--provider <name>', description: 'execution provider: cpu, webgpu or cuda', key: 'provider' },
   { flags: '--strict-provider', description: 'fail instead of falling back to cpu when the provider cannot start', key: 'strictProvider' },
-  { flags: '--concurrency <n>', description: 'images decoded at once (default: twice the cores)', key: 'concurrency', parse: int },
-  { flags: '--max-pixels <n>', description: 'reject images with more pixels (default 64000000)', key: 'maxPixels', parse: int },
-  { flags: '--max-bytes <n>', description: 'reject images larger than this (default 64 MiB)', key: 'maxBytes', parse: int },
+  { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
+  { flags: '--max-pixels <n>', description: 'reject images with more pixels', key: 'maxPixels', parse: int },
+  { flags: '--max-bytes <n>', description: 'reject images larger than this', key: 'maxBytes', parse: int, formatDefault: mebibytes },
 ]
 
+/** What decides the generated text (the pipelines' part of `GenerationParams`). */
 export const generationShape = {
   /** Most generated tokens per text. */
   maxNewTokens: z.number().int().min(1).max(4096),
   /** 1: greedy; more: beam search. */
   beams: z.number().int().min(1).max(64),
-  /** Sequences decoded at once per worker. */
+}
+
+/** How the decoder batches sequences: speed only. */
+export const batchingShape = {
+  /** Sequences decoded at once per inference thread. */
   slots: z.number().int().min(1).max(4096),
   /** Continuous batching. */
   continuous: z.boolean(),
 }
 
-export const generationDefaults = { maxNewTokens: 32, beams: 1, slots: 32, continuous: true }
+export type GenerationConfig = z.infer<z.ZodObject<typeof generationShape & typeof batchingShape>>
+
+export const generationDefaults: GenerationConfig = { maxNewTokens: 32, beams: 1, slots: 32, continuous: true }
 
 export const generationFlags: readonly PipelineFlag[] = [
-  { flags: '--max-new-tokens <n>', description: 'most generated tokens per text (default 32)', key: 'maxNewTokens', parse: int },
-  { flags: '--beams <n>', description: 'beam search with n beams; 1 = greedy (default 1)', key: 'beams', parse: int },
-  { flags: '--slots <n>', description: 'sequences decoded at once per worker (default 32)', key: 'slots', parse: int },
+  { flags: '--max-new-tokens <n>', description: 'most generated tokens per text', key: 'maxNewTokens', parse: int },
+  { flags: '--beams <n>', description: 'beam search with n beams; 1 = greedy', key: 'beams', parse: int },
+  { flags: '--slots <n>', description: 'sequences decoded at once per inference thread', key: 'slots', parse: int },
   { flags: '--no-continuous', description: 'static batches instead of continuous batching', key: 'continuous' },
 ]
 
-interface Preprocessing {
-  size: number
-  resize: ResizeMode
-  mean: [number, number, number]
-  std: [number, number, number]
-}
-
-/** The model's preprocessing, read from its manifest (fully validated later, when the model loads). */
-function preprocessing(dir: string): Preprocessing {
-  let manifest: { preprocessing?: Preprocessing }
-  try {
-    manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as typeof manifest
-  } catch (cause) {
-    throw new ModelManifestError('dir', `cannot read ${join(dir, 'manifest.json')} (pass --model DIR, a model package folder)`, { cause })
-  }
-  if (!manifest.preprocessing) throw new ModelManifestError('preprocessing', 'missing')
-  return manifest.preprocessing
-}
-
+/** The model's fingerprint (sha256 of its manifest): what of the model decides the output. */
 export function modelIdentity(config: ModelConfig): Record<string, unknown> {
   return { model: modelFingerprint(config.model) }
 }
 
 export function openModel(config: ModelConfig): VisionLanguageModel {
   return new VisionLanguageModel(config.model, {
-    workers: config.workers,
-    threads: config.threads,
+    inferenceThreads: config.inferenceThreads,
+    intraOpThreads: config.intraOpThreads,
     provider: config.provider,
     strictProvider: config.strictProvider,
   })
 }
 
-/** decode → batch → ViT features → resampled tokens → experts: refined `VisualTokens` batches. */
+/**
+ * decode → batch → ViT features → resampled tokens → experts: refined `VisualTokens` batches. Images are
+ * decoded as the model's manifest says (size, resize, mean, std).
+ */
 export function visionStages(
   config: ModelConfig,
   model: VisionLanguageModel,
   context: StageContext,
-): OperatorFunction<SourceRecord, VisualTokens | ErrorRecord | ShardNotice> {
-  const pre = preprocessing(config.model)
+): OperatorFunction<ShardRecord, VisualTokens | ErrorRecord | ShardNotice> {
+  const { preprocessing } = model.manifest
   const { metrics } = context
   return pipe(
-    decodeImages({
-      size: pre.size,
-      resize: pre.resize,
-      mean: pre.mean,
-      std: pre.std,
+    decodeImages<ShardRecord>({
+      size: preprocessing.size,
+      resize: preprocessing.resize,
+      mean: preprocessing.mean,
+      std: preprocessing.std,
       maxPixels: config.maxPixels,
       maxBytes: config.maxBytes,
       concurrency: config.concurrency,
       metrics,
     }),
     batchRecords({ maxSize: config.batchSize, maxWaitMs: config.maxWaitMs, metrics }),
-    extractVitFeatures<DecodedImage | ErrorRecord | ShardNotice>({ model, metrics }),
-    resampleTokens<VitFeatures | ErrorRecord | ShardNotice>({ model, metrics }),
-    routeToExperts<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
-  ) as OperatorFunction<SourceRecord, VisualTokens | ErrorRecord | ShardNotice>
+    extractVitFeatures({ model, metrics }),
+    resampleTokens({ model, metrics }),
+    routeToExperts({ model, metrics }),
+  )
 }
 
 /** The whole text path: `visionStages` → cross-attention memory → generated text (captions, or answers to `questions`). */
 export function textStages(
-  config: ModelConfig & z.infer<z.ZodObject<typeof generationShape>>,
+  config: ModelConfig & GenerationConfig,
   context: StageContext,
   questions?: DecodeTextOptions['questions'],
-): OperatorFunction<SourceRecord, GeneratedText | ErrorRecord | ShardNotice> {
+): OperatorFunction<ShardRecord, GeneratedText | ErrorRecord | ShardNotice> {
   const model = openModel(config)
   const { metrics } = context
   return pipe(
     visionStages(config, model, context),
-    crossAttend<VisualTokens | ErrorRecord | ShardNotice>({ model, metrics }),
-    decodeText<CrossMemory | ErrorRecord | ShardNotice>({
+    crossAttend({ model, metrics }),
+    decodeText({
       model,
       metrics,
       ...(questions ? { questions } : {}),
-      maxNewTokens: config.maxNewTokens,
-      beams: config.beams,
+      generation: { maxNewTokens: config.maxNewTokens, beams: config.beams },
       slots: config.slots,
       continuous: config.continuous,
     }),

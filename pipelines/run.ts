@@ -15,7 +15,7 @@ import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
 import { acquireFolderLock } from '../src/engine/lock.js'
 import { RunMetrics, type StageSnapshot } from '../src/engine/metrics.js'
-import { configHash, mergeReadColumns, type PipelineDefinition } from './definition.js'
+import { configHash, mergeReadColumns, outputSettings, type PipelineDefinition } from './definition.js'
 
 export const EVFLOW_VERSION = '0.1.0'
 
@@ -83,7 +83,13 @@ export interface RunSummary {
   readonly peakRssMiB: number
 }
 
-/** The config a run stores and hashes: the pipeline config plus what decides which rows are read. */
+/**
+ * The config a run stores and hashes. `stored` (the run summary, the progress start line): the whole config.
+ * `output` (each output file's metadata) and `hash` (completion records: what a rerun skips): only what
+ * decides the output — the pipeline's output settings, what decides which rows are read, and the identity
+ * (the model's fingerprint) — so that the same shard run with other engine settings (threads, batch size) on
+ * another machine gives the same bytes and counts as done.
+ */
 export function runConfig(definition: PipelineDefinition, config: object, options: RunOptions) {
   const read = {
     imageColumn: options.imageColumn ?? null,
@@ -92,11 +98,9 @@ export function runConfig(definition: PipelineDefinition, config: object, option
   }
   const identity = definition.identity?.(config)
   const stored = { pipeline: definition.name, [definition.name]: config, read, ...(identity ? { identity } : {}) }
-  const hash = configHash({ pipeline: definition.name, config, read, ...(identity ? { identity } : {}) }, definition.performanceKeys)
-  // What goes into the output files: only what decides their content, so that the same shard run with
-  // other speed settings (concurrency, workers) on another machine gives the same bytes.
-  const outputConfig = Object.fromEntries(Object.entries(config).filter(([k]) => !definition.performanceKeys.includes(k)))
-  const output = { pipeline: definition.name, [definition.name]: outputConfig, read, ...(identity ? { identity } : {}) }
+  const settings = outputSettings(definition, config)
+  const output = { pipeline: definition.name, [definition.name]: settings, read, ...(identity ? { identity } : {}) }
+  const hash = configHash({ pipeline: definition.name, config: settings, read, ...(identity ? { identity } : {}) })
   return { stored, hash, output }
 }
 

@@ -3,19 +3,25 @@ import { pipe } from 'rxjs'
 import { z } from 'zod'
 
 import { decodeImages } from '../operators/decode-images.js'
-import type { PipelineDefinition } from './definition.js'
+import { int, mebibytes, pipelineConfig, type PipelineDefinition } from './definition.js'
 import type { DecodedImage } from '../src/records.js'
 
-export const scanConfigSchema = z.strictObject({
-  /** Side of the square the image is decoded to (decoding at any size reads every pixel). */
-  size: z.number().int().min(1).max(4096),
-  /** Largest accepted `width × height`. */
-  maxPixels: z.number().int().min(1),
-  /** Largest accepted encoded size in bytes. */
-  maxBytes: z.number().int().min(1),
-  /** Images decoded at once. */
-  concurrency: z.number().int().min(1).max(256),
-})
+const scanConfig = pipelineConfig(
+  {
+    /** Side of the square the image is decoded to (decoding at any size reads every pixel). */
+    size: z.number().int().min(1).max(4096),
+    /** Largest accepted `width × height`. */
+    maxPixels: z.number().int().min(1),
+    /** Largest accepted encoded size in bytes. */
+    maxBytes: z.number().int().min(1),
+  },
+  {
+    /** Images decoded at once. */
+    concurrency: z.number().int().min(1).max(256),
+  },
+)
+
+export const scanConfigSchema = scanConfig.schema
 
 export type ScanConfig = z.infer<typeof scanConfigSchema>
 
@@ -25,8 +31,6 @@ export const scanDefaults: ScanConfig = Object.freeze({
   maxBytes: 64 * 1024 * 1024,
   concurrency: 2 * availableParallelism(),
 })
-
-const int = (text: string) => Number.parseInt(text, 10)
 
 /**
  * `scan`: decodes every image (every frame of a clip) and writes, per row, its width, height, format,
@@ -38,13 +42,13 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
   summary: 'decode every image; write width, height, format, channels, bytes and sha256 per row',
   defaults: scanDefaults,
   schema: scanConfigSchema,
+  outputKeys: scanConfig.outputKeys,
   flags: [
-    { flags: '--size <px>', description: `decode to this square size (default ${scanDefaults.size})`, key: 'size', parse: int },
-    { flags: '--max-pixels <n>', description: `reject images with more pixels (default ${scanDefaults.maxPixels})`, key: 'maxPixels', parse: int },
-    { flags: '--max-bytes <n>', description: `reject images larger than this (default ${scanDefaults.maxBytes})`, key: 'maxBytes', parse: int },
-    { flags: '--concurrency <n>', description: 'images decoded at once (default: twice the cores)', key: 'concurrency', parse: int },
+    { flags: '--size <px>', description: 'decode to this square size', key: 'size', parse: int },
+    { flags: '--max-pixels <n>', description: 'reject images with more pixels', key: 'maxPixels', parse: int },
+    { flags: '--max-bytes <n>', description: 'reject images larger than this', key: 'maxBytes', parse: int, formatDefault: mebibytes },
+    { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
   ],
-  performanceKeys: ['concurrency'],
   read: () => ({ requireImage: true }),
   stages: (config, { metrics }) =>
     pipe(

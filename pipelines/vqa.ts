@@ -1,28 +1,34 @@
 import { z } from 'zod'
 
-import type { PipelineDefinition } from './definition.js'
+import { pipelineConfig, type PipelineDefinition } from './definition.js'
 import type { OutputColumn } from '../src/parquet/output-schema.js'
 import type { GeneratedText } from '../src/records.js'
 import {
-  MODEL_PERFORMANCE_KEYS,
+  batchingShape,
+  decodeLimitsShape,
   generationDefaults,
   generationFlags,
   generationShape,
-  modelConfigShape,
   modelDefaults,
+  modelEngineShape,
   modelFlags,
   modelIdentity,
   textStages,
 } from './model-chain.js'
 
-export const vqaConfigSchema = z.strictObject({
-  ...modelConfigShape,
-  ...generationShape,
-  /** Input column holding each row's question (used when `questions` is empty). */
-  questionColumn: z.string().min(1),
-  /** Fixed questions asked of every image (one vision pass serves them all). */
-  questions: z.array(z.string().min(1)),
-})
+const vqaConfig = pipelineConfig(
+  {
+    ...decodeLimitsShape,
+    ...generationShape,
+    /** Input column holding each row's question (used when `questions` is empty). */
+    questionColumn: z.string().min(1),
+    /** Fixed questions asked of every image (one vision pass serves them all). */
+    questions: z.array(z.string().min(1)),
+  },
+  { ...modelEngineShape, ...batchingShape },
+)
+
+export const vqaConfigSchema = vqaConfig.schema
 
 export type VqaConfig = z.infer<typeof vqaConfigSchema>
 
@@ -39,13 +45,13 @@ export const vqaPipeline: PipelineDefinition<VqaConfig, GeneratedText> = {
   summary: 'answer a question about every image (a question column, or fixed --question texts)',
   defaults: vqaDefaults,
   schema: vqaConfigSchema,
+  outputKeys: vqaConfig.outputKeys,
   flags: [
     ...modelFlags,
     ...generationFlags,
-    { flags: '--question-column <name>', description: 'input column with the question (default question)', key: 'questionColumn' },
+    { flags: '--question-column <name>', description: 'input column with the question', key: 'questionColumn' },
     { flags: '--question <text>', description: 'ask this of every image (repeat for several; overrides the column)', key: 'questions', repeatable: true },
   ],
-  performanceKeys: MODEL_PERFORMANCE_KEYS,
   read: (config) => ({ requireImage: true, ...(config.questions.length === 0 ? { keep: [config.questionColumn] } : {}) }),
   identity: modelIdentity,
   stages: (config, context) => {

@@ -157,6 +157,15 @@ export class InferenceError extends EvflowError {
   override readonly exitCode: number
 }
 
+/**
+ * A model API was used out of order or given what it cannot take (the package read before `load()`, the
+ * pool used without `acquire()`, a generation sample without room to generate): a programming error of the
+ * caller, not a problem of a data row or of the model package.
+ */
+export class ModelUsageError extends EvflowError {
+  readonly name = 'ModelUsageError' as const
+}
+
 /** The run was interrupted (Ctrl-C / SIGTERM); shards in progress were not committed. */
 export class RunInterruptedError extends EvflowError {
   readonly name = 'RunInterruptedError' as const

@@ -88,7 +88,7 @@ export interface ImageInfo {
   readonly sha256: string
 }
 
-/** A decoded, resized and normalised image, or clip of `frames` images. */
+/** A decoded and resized image, or clip of `frames` images: uint8 RGB pixels, normalised later, per batch. */
 export interface DecodedImage extends RecordBase {
   readonly kind: 'decoded-image'
   readonly id: unknown
@@ -98,7 +98,7 @@ export interface DecodedImage extends RecordBase {
   readonly frames: number
   /**
    * The resized pixels, uint8 RGB, `[F, H, W, 3]` (HWC per frame). They are normalised once, straight into
-   * a model's contiguous `pixel_values [B, 3, H, W]` batch tensor, by `writePixelValues` (or
+   * a model's contiguous float32 `pixel_values [N, 3, H, W]` batch tensor, by `writePixelValues` (or
    * `pixelValues` for one record): a per-image float copy would cost more than the decode at 224 px.
    */
   readonly pixels: Uint8Array
@@ -155,12 +155,17 @@ export function toErrorRecord(
   }
 }
 
-export function isErrorRecord(value: { kind: string }): value is ErrorRecord {
-  return value.kind === 'error'
+export function isErrorRecord(value: unknown): value is ErrorRecord {
+  return hasKind(value, 'error')
 }
 
-export function isShardNotice(value: { kind: string }): value is ShardNotice {
-  return value.kind === 'shard-notice'
+export function isShardNotice(value: unknown): value is ShardNotice {
+  return hasKind(value, 'shard-notice')
+}
+
+/** Whether a value is a record of kind `kind` (batches from `batchRecords` are arrays: never a record). */
+function hasKind(value: unknown, kind: string): boolean {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && (value as { kind?: unknown }).kind === kind
 }
 
 /** Approximate bytes a record holds (for the in-flight byte bound). */
@@ -171,6 +176,21 @@ export function recordBytes(record: { kind: string }): number {
   if (Array.isArray(r.frames)) for (const frame of r.frames as (Uint8Array | null)[]) bytes += frame?.byteLength ?? 0
   if (r.pixels) bytes += r.pixels.byteLength
   return bytes
+}
+
+/** The element types of tensors (ONNX Runtime's names). */
+export type TensorDtype = 'float32' | 'int64' | 'int32' | 'uint8' | 'bool'
+
+export type TensorArray = Float32Array | BigInt64Array | Int32Array | Uint8Array
+
+/**
+ * A tensor as batch records carry it and as it crosses to and from inference threads: a dtype, dims and a
+ * typed array holding exactly `dims` elements, row-major. Pure functions on tensors: `src/tensor/`.
+ */
+export interface TensorData {
+  readonly dtype: TensorDtype
+  readonly dims: readonly number[]
+  readonly data: TensorArray
 }
 
 /**
@@ -196,14 +216,14 @@ export interface ModelBatch {
 export interface VitFeatures extends ModelBatch {
   readonly kind: 'vit-features'
   /** `taps [N, L, P, Dv]`: the outputs of the tapped ViT blocks, N = Σ rows' frames. */
-  readonly taps: TensorDataLike
+  readonly taps: TensorData
 }
 
 /** `resampleTokens` (and `routeToExperts`, `refined` true) → the visual tokens of a batch. */
 export interface VisualTokens extends ModelBatch {
   readonly kind: 'visual-tokens'
   /** `visual_tokens [N, L, Q, D]`, N = Σ rows' frames. */
-  readonly visual_tokens: TensorDataLike
+  readonly visual_tokens: TensorData
   /** Whether the experts have refined them (`routeToExperts`). */
   readonly refined: boolean
 }
@@ -212,11 +232,11 @@ export interface VisualTokens extends ModelBatch {
 export interface CrossMemory extends ModelBatch {
   readonly kind: 'cross-memory'
   /** `xattn_k [B, n_layer, H, M, dh]`, M = F·Q with F the batch's most frames. */
-  readonly xattn_k: TensorDataLike
+  readonly xattn_k: TensorData
   /** `xattn_v [B, n_layer, H, M, dh]` */
-  readonly xattn_v: TensorDataLike
+  readonly xattn_v: TensorData
   /** `xattn_mask [B, M]`: 0 attend, -1e9 for padding frames. */
-  readonly xattn_mask: TensorDataLike
+  readonly xattn_mask: TensorData
 }
 
 /** One generated text of a row: the prompt (a question, or null for a caption) and the answer. */
@@ -246,11 +266,20 @@ export interface Embedding extends RecordBase {
   readonly embedding: Float32Array
 }
 
-/** A tensor as it crosses threads (see src/tensor/tensors.ts). */
-export interface TensorDataLike {
-  readonly dtype: 'float32' | 'int64' | 'int32' | 'uint8' | 'bool'
-  readonly dims: readonly number[]
-  readonly data: Float32Array | BigInt64Array | Int32Array | Uint8Array
+export function isDecodedImage(value: unknown): value is DecodedImage {
+  return hasKind(value, 'decoded-image')
+}
+
+export function isVitFeatures(value: unknown): value is VitFeatures {
+  return hasKind(value, 'vit-features')
+}
+
+export function isVisualTokens(value: unknown): value is VisualTokens {
+  return hasKind(value, 'visual-tokens')
+}
+
+export function isCrossMemory(value: unknown): value is CrossMemory {
+  return hasKind(value, 'cross-memory')
 }
 
 /** The batch row of a decoded image (its pixels dropped). */

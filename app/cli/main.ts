@@ -12,7 +12,7 @@ import { Command, Option } from 'commander'
 
 import { pipelines } from '../../pipelines/index.js'
 import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
-import type { PipelineDefinition } from '../../pipelines/definition.js'
+import { flagHelp, type PipelineDefinition } from '../../pipelines/definition.js'
 import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../../src/errors.js'
 import { registerEvalCommand } from './eval-command.js'
 import { registerQueueCommands } from './queue-commands.js'
@@ -83,7 +83,8 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
     .option('--verbose', 'print stacks on errors')
   for (const flag of definition.flags) {
-    const option = new Option(flag.flags, flag.description)
+    // The default shown is the pipeline's own (`vqa`: 8 new tokens, `caption`: 32).
+    const option = new Option(flag.flags, flagHelp(flag, definition.defaults))
     const parse = flag.parse ?? ((text: string) => text)
     if (flag.repeatable) option.argParser((text: string, previous: unknown[] | undefined) => [...(previous ?? []), parse(text)])
     else if (flag.parse) option.argParser((text: string) => parse(text))

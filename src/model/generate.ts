@@ -1,6 +1,8 @@
 /**
- * The text generation loop of a cross-attention decoder (`decoder.onnx`), run inside an inference worker:
+ * The text generation loop of a cross-attention decoder (`decoder.onnx`), run inside an inference thread:
  * one call generates every sample of a batch, so the main thread sends one message per batch, not per token.
+ * Its parts: the KV cache (kv-cache.ts), greedy and beam selection (search.ts), and here the loop that
+ * prefills joining samples, runs one-token steps and retires finished sequences.
  *
  * - **KV cache.** The decoder takes `past_k / past_v [n_layer, B, H, S, dh]` and returns
  *   `present_k / present_v [n_layer, B, H, S+T, dh]`; the prompt is prefilled once (S = 0), then one token
@@ -10,39 +12,57 @@
  * - **Continuous batching.** At most `slots` sequences (each `beams` rows) run at once; when one finishes,
  *   a waiting sample is prefilled and joins the running batch at the next step. Off: a batch of `slots`
  *   runs until all of its sequences finish before the next one starts (static batching).
- * - **Greedy** (`beams` 1): argmax, ties to the lowest id. **Beam search** (`beams` > 1): the `beams` best
- *   continuations by summed log-probability; a beam that ends yields a hypothesis scored by
- *   `logprob / length ** lengthPenalty`; a sequence stops once it has `beams` hypotheses (or hits the
- *   length limit, when its running beams become hypotheses too) and returns the best.
  *
- * A sample's tokens do not depend on the other samples in its batch: masked positions get exactly zero
+ * What decides the tokens is `GenerationParams` (with the model); `BatchingOptions` only change speed. A
+ * sample's tokens do not depend on the other samples in its batch: masked positions get exactly zero
  * attention weight (additive -1e9 before softmax), and each row's computation is independent of the others.
  */
-import { ShapeMismatchError } from '../errors.js'
+import { ModelUsageError, PipelineConfigError, ShapeMismatchError } from '../errors.js'
 import { elementCount, float32, int64, type Feeds, type TensorData } from '../tensor/tensors.js'
+import { KvCache, type CacheShape } from './kv-cache.js'
+import type { ModelManifest } from './manifest.js'
+import { bestHypothesis, selectNext, type Beam, type Sequence } from './search.js'
+
+/**
+ * What decides a generation's tokens (vLLM's `SamplingParams`): the generation settings that enter a run's
+ * config hash. The model's facts (end token, positions) come from its manifest.
+ */
+export interface GenerationParams {
+  /** Most generated tokens per sample (the end token not counted). */
+  readonly maxNewTokens: number
+  /** 1: greedy (argmax, ties to the lowest id); more: beam search with this many beams. */
+  readonly beams: number
+  /** Beam search: hypothesis score = logprob / length ** lengthPenalty. */
+  readonly lengthPenalty: number
+}
+
+/** How the loop batches sequences: speed only, never the tokens. */
+export interface BatchingOptions {
+  /** Sequences decoded at once. */
+  readonly slots: number
+  /** A finished sequence's slot is taken by a waiting sample at the next step (else: static batches). */
+  readonly continuous: boolean
+}
+
+/** The decoder's facts, from the manifest. */
+export interface DecoderSpec extends CacheShape {
+  /** Largest position id + 1 the decoder supports (`dims.max_text_len`): bounds prompt + generated tokens. */
+  readonly maxPositions: number
+  readonly eos: number
+  readonly pad: number
+}
+
+/** The decoder's facts in a manifest: positions (`dims.max_text_len`), end and pad tokens, cache dims. */
+export function decoderSpecOf(manifest: Pick<ModelManifest, 'dims' | 'special_tokens'>): DecoderSpec {
+  const { dims, special_tokens: special } = manifest
+  return { maxPositions: dims.max_text_len, eos: special.eos, pad: special.pad, nLayer: dims.n_layer, heads: dims.n_head, headDim: dims.head_dim }
+}
 
 export interface GenerationSample {
   /** Row of the cross-attention memory this sample reads. */
   readonly memoryRow: number
   /** Prompt token ids (including `<bos>` and any separator). */
   readonly prompt: readonly number[]
-}
-
-export interface GenerationOptions {
-  /** Most generated tokens per sample (the end token not counted). */
-  readonly maxNewTokens: number
-  /** Largest position id + 1 the decoder supports (`dims.max_text_len`): bounds prompt + generated tokens. */
-  readonly maxPositions: number
-  /** 1: greedy; more: beam search with this many beams. */
-  readonly beams: number
-  /** Sequences decoded at once. */
-  readonly slots: number
-  /** A finished sequence's slot is taken by a waiting sample at the next step. */
-  readonly continuous: boolean
-  readonly eos: number
-  readonly pad: number
-  /** Beam search: hypothesis score = logprob / length ** lengthPenalty. Default 1. */
-  readonly lengthPenalty?: number
 }
 
 /** The cross-attention memory of a batch, as `xattn_kv` returns it. */
@@ -67,7 +87,7 @@ export interface GenerationStats {
   readonly decoderRuns: number
   /** Σ over steps of the rows in the step: the work done. */
   readonly rowSteps: number
-  /** Tokens generated (end tokens included). */
+  /** Tokens generated (end tokens included; every beam's token counts). */
   readonly tokens: number
   /** Milliseconds inside the decoder. */
   readonly decoderMs: number
@@ -84,135 +104,19 @@ export interface DecoderOutputs {
 /** Runs `decoder.onnx` once. */
 export type RunDecoder = (feeds: Feeds) => Promise<DecoderOutputs>
 
-/** A self-attention cache: `k`, `v` `[nl, rows, H, S, dh]` and a 0/1 mask per row and position. */
-class KvCache {
-  constructor(
-    readonly nl: number,
-    readonly heads: number,
-    readonly dh: number,
-    readonly rows: number,
-    readonly length: number,
-    readonly k: Float32Array,
-    readonly v: Float32Array,
-    /** `[rows, length]` */
-    readonly mask: Uint8Array,
-  ) {}
-
-  static empty(nl: number, heads: number, dh: number): KvCache {
-    return new KvCache(nl, heads, dh, 0, 0, new Float32Array(0), new Float32Array(0), new Uint8Array(0))
+/** Throws `PipelineConfigError` naming the first setting that is not a valid integer. */
+export function validateGeneration(params: GenerationParams, batching: BatchingOptions): void {
+  const integer = (field: string, value: number, min: number) => {
+    if (!Number.isInteger(value) || value < min) throw new PipelineConfigError(field, `must be an integer >= ${min}, got ${value}`)
   }
-
-  /** The cache of rows `indices` (in that order; an index may repeat). */
-  gather(indices: readonly number[]): KvCache {
-    const { nl, heads, dh, length } = this
-    const span = length * dh
-    const rows = indices.length
-    const k = new Float32Array(nl * rows * heads * span)
-    const v = new Float32Array(k.length)
-    const mask = new Uint8Array(rows * length)
-    for (let l = 0; l < nl; l++) {
-      for (let r = 0; r < rows; r++) {
-        const src = (l * this.rows + indices[r]) * heads * span
-        const dst = (l * rows + r) * heads * span
-        k.set(this.k.subarray(src, src + heads * span), dst)
-        v.set(this.v.subarray(src, src + heads * span), dst)
-      }
-    }
-    indices.forEach((from, r) => mask.set(this.mask.subarray(from * length, (from + 1) * length), r * length))
-    return new KvCache(nl, heads, dh, rows, length, k, v, mask)
-  }
-
-  /** This cache's rows then `other`'s, right-aligned to the longer length (left padding masked). */
-  concat(other: KvCache): KvCache {
-    if (this.rows === 0) return other
-    if (other.rows === 0) return this
-    const { nl, heads, dh } = this
-    const length = Math.max(this.length, other.length)
-    const rows = this.rows + other.rows
-    const k = new Float32Array(nl * rows * heads * length * dh)
-    const v = new Float32Array(k.length)
-    const mask = new Uint8Array(rows * length)
-    const place = (cache: KvCache, rowOffset: number) => {
-      const shift = length - cache.length
-      for (let l = 0; l < nl; l++) {
-        for (let r = 0; r < cache.rows; r++) {
-          for (let h = 0; h < heads; h++) {
-            const src = ((l * cache.rows + r) * heads + h) * cache.length * dh
-            const dst = (((l * rows + rowOffset + r) * heads + h) * length + shift) * dh
-            k.set(cache.k.subarray(src, src + cache.length * dh), dst)
-            v.set(cache.v.subarray(src, src + cache.length * dh), dst)
-          }
-        }
-      }
-      for (let r = 0; r < cache.rows; r++) mask.set(cache.mask.subarray(r * cache.length, (r + 1) * cache.length), (rowOffset + r) * length + shift)
-    }
-    place(this, 0)
-    place(other, this.rows)
-    return new KvCache(nl, heads, dh, rows, length, k, v, mask)
-  }
-
-  /** Drops leading positions that every row masks (left padding no row needs any more). */
-  trim(): KvCache {
-    let drop = 0
-    while (drop < this.length && this.maskedForAll(drop)) drop++
-    if (drop === 0) return this
-    const { nl, heads, dh, rows } = this
-    const length = this.length - drop
-    const k = new Float32Array(nl * rows * heads * length * dh)
-    const v = new Float32Array(k.length)
-    for (let block = 0; block < nl * rows * heads; block++) {
-      const src = (block * this.length + drop) * dh
-      k.set(this.k.subarray(src, src + length * dh), block * length * dh)
-      v.set(this.v.subarray(src, src + length * dh), block * length * dh)
-    }
-    const mask = new Uint8Array(rows * length)
-    for (let r = 0; r < rows; r++) mask.set(this.mask.subarray(r * this.length + drop, (r + 1) * this.length), r * length)
-    return new KvCache(nl, heads, dh, rows, length, k, v, mask)
-  }
-
-  private maskedForAll(position: number): boolean {
-    for (let r = 0; r < this.rows; r++) if (this.mask[r * this.length + position] !== 0) return false
-    return true
-  }
-
-  /** The cache after a decoder run that appended `t` positions (the run's `present_*`, masks extended). */
-  extended(present_k: TensorData, present_v: TensorData, appendedMask: Uint8Array, t: number): KvCache {
-    const length = this.length + t
-    const mask = new Uint8Array(this.rows * length)
-    for (let r = 0; r < this.rows; r++) {
-      mask.set(this.mask.subarray(r * this.length, (r + 1) * this.length), r * length)
-      mask.set(appendedMask.subarray(r * t, (r + 1) * t), r * length + this.length)
-    }
-    return new KvCache(this.nl, this.heads, this.dh, this.rows, length, present_k.data as Float32Array, present_v.data as Float32Array, mask)
-  }
-
-  feeds(): { past_k: TensorData; past_v: TensorData } {
-    const dims = [this.nl, this.rows, this.heads, this.length, this.dh]
-    return { past_k: float32(dims, this.k), past_v: float32(dims, this.v) }
-  }
-}
-
-/** A sample being decoded. */
-interface Sequence {
-  readonly index: number
-  readonly sample: GenerationSample
-  /** Most tokens it may generate. */
-  readonly limit: number
-  readonly hypotheses: { tokens: number[]; score: number; finish: 'eos' | 'length' }[]
-}
-
-/** A row of the running batch: one beam of a sequence. */
-interface Beam {
-  readonly sequence: Sequence
-  readonly tokens: number[]
-  /** Summed log-probability (beam search). */
-  readonly score: number
-  /** Position id of its last token (the one the next step feeds). */
-  readonly position: number
+  integer('maxNewTokens', params.maxNewTokens, 1)
+  integer('beams', params.beams, 1)
+  integer('slots', batching.slots, 1)
+  if (!Number.isFinite(params.lengthPenalty)) throw new PipelineConfigError('lengthPenalty', `must be a finite number, got ${params.lengthPenalty}`)
 }
 
 /** Rows `rows` of `memory`, gathered into a contiguous batch. */
-function gatherMemory(memory: MemoryTensors, rows: readonly number[]): Feeds {
+export function gatherMemory(memory: MemoryTensors, rows: readonly number[]): Feeds {
   const pick = (t: TensorData): TensorData => {
     const per = elementCount(t.dims.slice(1))
     const src = t.data as Float32Array
@@ -223,37 +127,41 @@ function gatherMemory(memory: MemoryTensors, rows: readonly number[]): Feeds {
   return { xattn_k: pick(memory.xattn_k), xattn_v: pick(memory.xattn_v), xattn_mask: pick(memory.xattn_mask) }
 }
 
-function argmax(values: Float32Array, start: number, size: number): number {
-  let best = 0
-  let bestValue = values[start]
-  for (let i = 1; i < size; i++) {
-    if (values[start + i] > bestValue) {
-      bestValue = values[start + i]
-      best = i
+/**
+ * The prefill feeds of `prompts` (no cache): left-padded `input_ids`, `position_ids` counting from 0 at
+ * each prompt's first token, and the 0/1 mask of real tokens (`[n, T]`, T = the longest prompt).
+ */
+export function prefillInputs(prompts: readonly (readonly number[])[], pad: number): { feeds: Feeds; mask: Uint8Array; length: number } {
+  const t = Math.max(...prompts.map((p) => p.length))
+  const n = prompts.length
+  const ids = new BigInt64Array(n * t).fill(BigInt(pad))
+  const positions = new BigInt64Array(n * t)
+  const mask = new Uint8Array(n * t)
+  prompts.forEach((prompt, i) => {
+    const p = prompt.length
+    for (let j = 0; j < p; j++) {
+      ids[i * t + (t - p) + j] = BigInt(prompt[j])
+      positions[i * t + (t - p) + j] = BigInt(j)
+      mask[i * t + (t - p) + j] = 1
     }
+  })
+  const feeds = {
+    input_ids: int64([n, t], ids),
+    position_ids: int64([n, t], positions),
+    attention_mask: int64([n, t], BigInt64Array.from(mask, (m) => BigInt(m))),
   }
-  return best
+  return { feeds, mask, length: t }
 }
 
-function logSoftmax(values: Float32Array, start: number, size: number): Float64Array {
-  let max = -Infinity
-  for (let i = 0; i < size; i++) max = Math.max(max, values[start + i])
-  let sum = 0
-  for (let i = 0; i < size; i++) sum += Math.exp(values[start + i] - max)
-  const lse = max + Math.log(sum)
-  const out = new Float64Array(size)
-  for (let i = 0; i < size; i++) out[i] = values[start + i] - lse
-  return out
-}
-
-export function validateGenerationOptions(options: GenerationOptions): void {
-  const check = (field: string, value: number, min: number) => {
-    if (!Number.isInteger(value) || value < min) throw new RangeError(`${field} must be an integer >= ${min}, got ${value}`)
-  }
-  check('maxNewTokens', options.maxNewTokens, 1)
-  check('beams', options.beams, 1)
-  check('slots', options.slots, 1)
-  check('maxPositions', options.maxPositions, 2)
+/** The samples as sequences waiting to start, each with its token limit; throws on a sample that cannot run. */
+function sequencesOf(samples: readonly GenerationSample[], memoryRows: number, maxNewTokens: number, maxPositions: number): Sequence[] {
+  return samples.map((sample, index) => {
+    if (sample.memoryRow < 0 || sample.memoryRow >= memoryRows) throw new ShapeMismatchError('memoryRow', [`< ${memoryRows}`], [sample.memoryRow])
+    if (sample.prompt.length === 0) throw new ModelUsageError(`generate: sample ${index} has an empty prompt`)
+    const room = maxPositions - sample.prompt.length
+    if (room < 1) throw new ModelUsageError(`generate: sample ${index}: a prompt of ${sample.prompt.length} tokens leaves no room in the decoder's ${maxPositions} positions`)
+    return { index, sample, limit: Math.min(maxNewTokens, room), hypotheses: [] }
+  })
 }
 
 /**
@@ -262,29 +170,17 @@ export function validateGenerationOptions(options: GenerationOptions): void {
 export async function generate(
   memory: MemoryTensors,
   samples: readonly GenerationSample[],
-  options: GenerationOptions,
+  params: GenerationParams,
+  batching: BatchingOptions,
+  decoder: DecoderSpec,
   runDecoder: RunDecoder,
-  cacheShape: { nLayer: number; heads: number; headDim: number },
 ): Promise<{ sequences: GeneratedSequence[]; stats: GenerationStats }> {
-  validateGenerationOptions(options)
-  const memoryRows = memory.xattn_k.dims[0]
+  validateGeneration(params, batching)
+  if (!Number.isInteger(decoder.maxPositions) || decoder.maxPositions < 2) throw new ModelUsageError(`generate: maxPositions must be an integer >= 2, got ${decoder.maxPositions}`)
+  const search = { beams: params.beams, lengthPenalty: params.lengthPenalty, eos: decoder.eos }
   const results: (GeneratedSequence | undefined)[] = new Array(samples.length)
   const stats = { decoderRuns: 0, rowSteps: 0, tokens: 0, decoderMs: 0 }
-  const { eos, pad, beams } = options
-  const lengthPenalty = options.lengthPenalty ?? 1
-  const queue: Sequence[] = samples.map((sample, index) => {
-    if (sample.memoryRow < 0 || sample.memoryRow >= memoryRows) throw new ShapeMismatchError('memoryRow', [`< ${memoryRows}`], [sample.memoryRow])
-    if (sample.prompt.length === 0) throw new RangeError(`sample ${index} has an empty prompt`)
-    const room = options.maxPositions - sample.prompt.length
-    if (room < 1) throw new RangeError(`sample ${index}: a prompt of ${sample.prompt.length} tokens leaves no room in the decoder's ${options.maxPositions} positions`)
-    return { index, sample, limit: Math.min(options.maxNewTokens, room), hypotheses: [] }
-  })
-  queue.reverse() // pop() takes the next sample
-
-  let beamsNow: Beam[] = []
-  let cache = KvCache.empty(cacheShape.nLayer, cacheShape.heads, cacheShape.headDim)
-  let memoryFeeds: Feeds | undefined
-  let memoryKey = ''
+  const waiting = sequencesOf(samples, memory.xattn_k.dims[0], params.maxNewTokens, decoder.maxPositions).reverse() // pop() takes the next
 
   const run = async (feeds: Feeds): Promise<DecoderOutputs> => {
     const began = performance.now()
@@ -295,151 +191,71 @@ export async function generate(
     return out
   }
 
-  const finish = (sequence: Sequence) => {
-    let best = sequence.hypotheses[0]
-    for (const h of sequence.hypotheses) if (h.score > best.score) best = h
-    results[sequence.index] = { tokens: best.tokens, finish: best.finish }
-  }
-
-  /**
-   * Chooses the next rows from the logits of `rows` (the last position of each): per sequence, greedy or
-   * beam search. Returns the new beams and, for each, the cache row it continues.
-   */
-  const select = (rows: readonly Beam[], logits: TensorData): { next: Beam[]; parents: number[] } => {
-    const [, t, vocab] = logits.dims
-    const values = logits.data as Float32Array
-    const next: Beam[] = []
-    const parents: number[] = []
-    let r = 0
-    while (r < rows.length) {
-      const sequence = rows[r].sequence
-      let end = r
-      while (end < rows.length && rows[end].sequence === sequence) end++
-      const offset = (i: number) => (i * t + t - 1) * vocab
-      if (beams === 1) {
-        const beam = rows[r]
-        const token = argmax(values, offset(r), vocab)
-        stats.tokens += 1
-        const tokens = token === eos ? beam.tokens : [...beam.tokens, token]
-        if (token === eos || tokens.length >= sequence.limit) {
-          sequence.hypotheses.push({ tokens, score: 0, finish: token === eos ? 'eos' : 'length' })
-          finish(sequence)
-        } else {
-          next.push({ sequence, tokens, score: 0, position: beam.position + 1 })
-          parents.push(r)
-        }
-      } else {
-        const candidates: { row: number; token: number; score: number }[] = []
-        for (let i = r; i < end; i++) {
-          const logp = logSoftmax(values, offset(i), vocab)
-          // the 2·beams best tokens of this row are enough: at most `beams` candidates can end
-          const order = Array.from(logp.keys()).sort((a, b) => logp[b] - logp[a] || a - b).slice(0, 2 * beams)
-          for (const token of order) candidates.push({ row: i, token, score: rows[i].score + logp[token] })
-        }
-        candidates.sort((a, b) => b.score - a.score || a.row - b.row || a.token - b.token)
-        stats.tokens += end - r
-        const kept: { row: number; token: number; score: number }[] = []
-        for (const [rank, c] of candidates.entries()) {
-          if (c.token === eos) {
-            if (rank < beams) {
-              const tokens = rows[c.row].tokens
-              sequence.hypotheses.push({ tokens, score: c.score / Math.max(1, tokens.length + 1) ** lengthPenalty, finish: 'eos' })
-            }
-          } else kept.push(c)
-          if (kept.length === beams) break
-        }
-        const length = rows[r].tokens.length + 1
-        if (sequence.hypotheses.length >= beams || length >= sequence.limit) {
-          if (sequence.hypotheses.length < beams) {
-            for (const c of kept.slice(0, beams - sequence.hypotheses.length)) {
-              const tokens = [...rows[c.row].tokens, c.token]
-              sequence.hypotheses.push({ tokens, score: c.score / tokens.length ** lengthPenalty, finish: 'length' })
-            }
-          }
-          finish(sequence)
-        } else {
-          for (const c of kept) {
-            next.push({ sequence, tokens: [...rows[c.row].tokens, c.token], score: c.score, position: rows[c.row].position + 1 })
-            parents.push(c.row)
-          }
-        }
-      }
-      r = end
+  /** Chooses the next beams of `rows` from `logits`, records finished sequences; the cache follows the parents. */
+  const advance = (rows: readonly Beam[], logits: TensorData, cache: KvCache): { beams: Beam[]; cache: KvCache } => {
+    const { next, parents, finished } = selectNext(rows, logits, search)
+    stats.tokens += rows.length
+    for (const sequence of finished) {
+      const best = bestHypothesis(sequence)
+      results[sequence.index] = { tokens: best.tokens, finish: best.finish }
     }
-    return { next, parents }
+    const identity = parents.length === rows.length && parents.every((p, i) => p === i)
+    return { beams: next, cache: identity ? cache : cache.gather(parents) }
   }
 
+  let memoryRows = ''
+  let memoryFeeds: Feeds | undefined
+  /** The memory rows of `rows`, gathered again only when the running rows changed. */
   const memoryFor = (rows: readonly Beam[]): Feeds => {
     const ids = rows.map((b) => b.sequence.sample.memoryRow)
     const key = ids.join(',')
-    if (key !== memoryKey || !memoryFeeds) {
+    if (key !== memoryRows || !memoryFeeds) {
       memoryFeeds = gatherMemory(memory, ids)
-      memoryKey = key
+      memoryRows = key
     }
     return memoryFeeds
   }
 
   /** Prefills the prompts of `joining` (empty cache) and returns their first beams and cache. */
-  const prefill = async (joining: Sequence[]): Promise<{ beams: Beam[]; cache: KvCache }> => {
-    const t = Math.max(...joining.map((s) => s.sample.prompt.length))
+  const prefill = async (joining: readonly Sequence[]): Promise<{ beams: Beam[]; cache: KvCache }> => {
     const n = joining.length
-    const ids = new BigInt64Array(n * t).fill(BigInt(pad))
-    const positions = new BigInt64Array(n * t)
-    const mask = new Uint8Array(n * t)
-    joining.forEach((s, i) => {
-      const p = s.sample.prompt.length
-      for (let j = 0; j < p; j++) {
-        ids[i * t + (t - p) + j] = BigInt(s.sample.prompt[j])
-        positions[i * t + (t - p) + j] = BigInt(j)
-        mask[i * t + (t - p) + j] = 1
-      }
-    })
+    const { feeds, mask, length } = prefillInputs(joining.map((s) => s.sample.prompt), decoder.pad)
+    const empty = [decoder.nLayer, n, decoder.heads, 0, decoder.headDim]
+    const out = await run({ ...feeds, past_k: float32(empty), past_v: float32(empty), ...gatherMemory(memory, joining.map((s) => s.sample.memoryRow)) })
     const rows: Beam[] = joining.map((s) => ({ sequence: s, tokens: [], score: 0, position: s.sample.prompt.length - 1 }))
-    const emptyFeeds = { past_k: float32([cache.nl, n, cache.heads, 0, cache.dh]), past_v: float32([cache.nl, n, cache.heads, 0, cache.dh]) }
-    const out = await run({
-      input_ids: int64([n, t], ids),
-      position_ids: int64([n, t], positions),
-      attention_mask: int64([n, t], BigInt64Array.from(mask, (m) => BigInt(m))),
-      ...emptyFeeds,
-      ...gatherMemory(memory, joining.map((s) => s.sample.memoryRow)),
-    })
-    const prefilled = new KvCache(cache.nl, cache.heads, cache.dh, n, t, out.present_k.data as Float32Array, out.present_v.data as Float32Array, mask)
-    const { next, parents } = select(rows, out.logits)
-    const identity = parents.length === n && parents.every((p, i) => p === i)
-    return { beams: next, cache: identity ? prefilled : prefilled.gather(parents) }
+    return advance(rows, out.logits, KvCache.fromPresent(decoder, n, length, out.present_k, out.present_v, mask))
   }
 
-  while (queue.length > 0 || beamsNow.length > 0) {
-    const running = new Set(beamsNow.map((b) => b.sequence)).size
-    const free = options.continuous || running === 0 ? options.slots - running : 0
-    if (free > 0 && queue.length > 0) {
-      const joining: Sequence[] = []
-      while (joining.length < free && queue.length > 0) joining.push(queue.pop()!)
-      const joined = await prefill(joining)
-      beamsNow = [...beamsNow, ...joined.beams]
-      cache = cache.concat(joined.cache)
-      if (beamsNow.length === 0) continue
-    }
-    if (beamsNow.length === 0) continue
-    const n = beamsNow.length
-    const stepMask = new Uint8Array(n).fill(1)
-    const attention = new BigInt64Array(n * (cache.length + 1))
-    for (let r = 0; r < n; r++) {
-      for (let j = 0; j < cache.length; j++) attention[r * (cache.length + 1) + j] = BigInt(cache.mask[r * cache.length + j])
-      attention[r * (cache.length + 1) + cache.length] = 1n
-    }
+  /** One token for every running beam. */
+  const step = async (beams: readonly Beam[], cache: KvCache): Promise<{ beams: Beam[]; cache: KvCache }> => {
+    const n = beams.length
     const out = await run({
-      input_ids: int64([n, 1], beamsNow.map((b) => b.tokens[b.tokens.length - 1])),
-      position_ids: int64([n, 1], beamsNow.map((b) => b.position)),
-      attention_mask: int64([n, cache.length + 1], attention),
+      input_ids: int64([n, 1], beams.map((b) => b.tokens[b.tokens.length - 1])),
+      position_ids: int64([n, 1], beams.map((b) => b.position)),
+      attention_mask: int64([n, cache.length + 1], cache.stepAttention()),
       ...cache.feeds(),
-      ...memoryFor(beamsNow),
+      ...memoryFor(beams),
     })
-    const extended = cache.extended(out.present_k, out.present_v, stepMask, 1)
-    const { next, parents } = select(beamsNow, out.logits)
-    const identity = parents.length === n && parents.every((p, i) => p === i)
-    cache = (identity ? extended : extended.gather(parents)).trim()
-    beamsNow = next
+    const next = advance(beams, out.logits, cache.extended(out.present_k, out.present_v, new Uint8Array(n).fill(1), 1))
+    return { beams: next.beams, cache: next.cache.trim() }
+  }
+
+  let running: Beam[] = []
+  let cache = KvCache.empty(decoder)
+  while (waiting.length > 0 || running.length > 0) {
+    const sequences = new Set(running.map((b) => b.sequence)).size
+    const free = batching.continuous || sequences === 0 ? batching.slots - sequences : 0
+    if (free > 0 && waiting.length > 0) {
+      const joining: Sequence[] = []
+      while (joining.length < free && waiting.length > 0) joining.push(waiting.pop()!)
+      const joined = await prefill(joining)
+      running = [...running, ...joined.beams]
+      cache = cache.concat(joined.cache)
+    }
+    if (running.length === 0) continue
+    const next = await step(running, cache)
+    running = next.beams
+    cache = next.cache
   }
   return { sequences: results.map((r) => r!), stats }
 }

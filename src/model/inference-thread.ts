@@ -1,14 +1,15 @@
 /**
- * The inference worker (a piscina worker thread). It holds one ONNX Runtime session per graph, created on
- * first use and kept for the worker's life, and runs tasks sent by `InferencePool`: tensors arrive and leave
- * as transferred ArrayBuffers. onnxruntime-node blocks its thread during `run`, which is why this is a
- * worker and not the main thread.
+ * An inference thread (a piscina worker thread). It holds one ONNX Runtime session per graph, created on
+ * first use and kept for the thread's life (destroying the pool ends the thread), and runs the tasks
+ * `InferencePool` sends: `run` (one graph), `route` (router + experts, one sparse dispatch) and `generate`
+ * (a batch's whole generation loop). Tensors arrive and leave as transferred ArrayBuffers. onnxruntime-node
+ * blocks its thread during `run`, which is why this is not the main thread.
  */
 import * as ort from 'onnxruntime-node'
 import { move, transferableSymbol, valueSymbol } from 'piscina'
 
 import { dispatchToExperts } from './experts.js'
-import { generate, type GenerationOptions, type GenerationSample, type GenerationStats, type GeneratedSequence, type MemoryTensors } from './generate.js'
+import { generate, type BatchingOptions, type DecoderSpec, type GenerationParams, type GenerationSample, type GenerationStats, type GeneratedSequence, type MemoryTensors } from './generate.js'
 import { buffersOf, describeTensor, type Feeds, type TensorData } from '../tensor/tensors.js'
 
 export type ExecutionProvider = 'cpu' | 'webgpu' | 'cuda'
@@ -49,11 +50,13 @@ export interface RouteResult {
 /** The whole generation loop of a batch (see generate.ts): one message per batch, not per token. */
 export interface GenerateTask {
   readonly kind: 'generate'
-  readonly decoder: SessionSpec
+  /** The decoder graph's session. */
+  readonly session: SessionSpec
   readonly memory: MemoryTensors
   readonly samples: readonly GenerationSample[]
-  readonly options: GenerationOptions
-  readonly cacheShape: { nLayer: number; heads: number; headDim: number }
+  readonly params: GenerationParams
+  readonly batching: BatchingOptions
+  readonly decoder: DecoderSpec
 }
 
 export interface GenerateResult {
@@ -64,7 +67,7 @@ export interface GenerateResult {
   readonly ms: number
 }
 
-export type WorkerTask = RunTask | RouteTask | GenerateTask | { kind: 'release' }
+export type ThreadTask = RunTask | RouteTask | GenerateTask
 
 export interface RunResult {
   readonly outputs: Record<string, TensorData>
@@ -75,8 +78,8 @@ export interface RunResult {
   readonly ms: number
 }
 
-/** A failure inside the worker, with what the main thread needs to build an `InferenceError`. */
-export interface WorkerFailure {
+/** A failure inside the thread, with what the main thread needs to build an `InferenceError`. */
+export interface ThreadFailure {
   readonly failed: true
   readonly graph: string
   readonly message: string
@@ -194,12 +197,12 @@ function takeWarning(open: OpenSession): { warning?: string } {
   return warning ? { warning } : {}
 }
 
-function failure(error: unknown, fallbackGraph: string): WorkerFailure {
+function failure(error: unknown, fallbackGraph: string): ThreadFailure {
   if (error instanceof GraphFailure) return { failed: true, graph: error.graph, message: error.message, ...(error.fatal ? { fatal: true } : {}) }
   return { failed: true, graph: fallbackGraph, message: firstLine(error) }
 }
 
-export async function runGraph(task: RunTask): Promise<RunResult | WorkerFailure> {
+export async function runGraph(task: RunTask): Promise<RunResult | ThreadFailure> {
   const started = performance.now()
   try {
     const { outputs, open } = await runSession(task.session, task.feeds, task.outputs)
@@ -209,7 +212,7 @@ export async function runGraph(task: RunTask): Promise<RunResult | WorkerFailure
   }
 }
 
-export async function routeTokensTask(task: RouteTask): Promise<RouteResult | WorkerFailure> {
+export async function routeTokensTask(task: RouteTask): Promise<RouteResult | ThreadFailure> {
   const started = performance.now()
   try {
     const specs = { router: task.router, experts: task.experts }
@@ -225,40 +228,24 @@ export async function routeTokensTask(task: RouteTask): Promise<RouteResult | Wo
   }
 }
 
-export async function generateTask(task: GenerateTask): Promise<GenerateResult | WorkerFailure> {
+export async function generateTask(task: GenerateTask): Promise<GenerateResult | ThreadFailure> {
   const started = performance.now()
   try {
     let last: OpenSession | undefined
-    const { sequences, stats } = await generate(task.memory, task.samples, task.options, async (feeds) => {
-      const { outputs, open } = await runSession(task.decoder, feeds, ['logits', 'present_k', 'present_v'])
+    const { sequences, stats } = await generate(task.memory, task.samples, task.params, task.batching, task.decoder, async (feeds) => {
+      const { outputs, open } = await runSession(task.session, feeds, ['logits', 'present_k', 'present_v'])
       last = open
       return { logits: outputs.logits, present_k: outputs.present_k, present_v: outputs.present_v }
-    }, task.cacheShape)
-    return { sequences, stats, provider: last?.provider ?? task.decoder.provider, ...(last ? takeWarning(last) : {}), ms: performance.now() - started }
+    })
+    return { sequences, stats, provider: last?.provider ?? task.session.provider, ...(last ? takeWarning(last) : {}), ms: performance.now() - started }
   } catch (error) {
-    return failure(error, task.decoder.path)
-  }
-}
-
-/** Releases every session of this worker. */
-export async function releaseAll(): Promise<void> {
-  const open = [...sessions.values()]
-  sessions.clear()
-  for (const pending of open) {
-    try {
-      await (await pending).session.release()
-    } catch {
-      // a session that failed to open has nothing to release
-    }
+    return failure(error, task.session.path)
   }
 }
 
 /** The piscina entry point. */
-export default async function handle(task: WorkerTask): Promise<unknown> {
+export default async function handle(task: ThreadTask): Promise<unknown> {
   switch (task.kind) {
-    case 'release':
-      await releaseAll()
-      return { released: true }
     case 'route': {
       const result = await routeTokensTask(task)
       if ('failed' in result) return result

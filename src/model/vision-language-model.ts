@@ -1,17 +1,18 @@
 /**
- * `VisionLanguageModel`: a model package and the pool of inference workers that runs its graphs. The model
- * operators share one instance; each acquires it while subscribed, and the worker pool (with every ONNX
+ * `VisionLanguageModel`: a model package and the pool of inference threads that runs its graphs. The model
+ * operators share one instance; each acquires it while subscribed, and the inference pool (with every ONNX
  * Runtime session in it) is created on first use and destroyed when the last operator completes, errors or
- * is unsubscribed. The package is loaded (validated, hashes checked) once, on first use.
+ * is unsubscribed. The manifest is read (validated) on first access; the package (every file's sha256,
+ * the tokenizer) is loaded once, on first use.
  */
-import { createHash } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-import { ModelManifestError } from '../errors.js'
-import { loadModelPackage, type ModelManifest, type ModelPackage } from './package.js'
+import { ModelUsageError } from '../errors.js'
+import { readManifest, type ManifestFile, type ModelManifest } from './manifest.js'
+import { openModelPackage, type ModelPackage } from './package.js'
 import { InferencePool, type ExecutionProvider, type InferencePoolOptions } from './inference-pool.js'
 
 /** The folder of the model bundled with evflow (`fixtures/models/evlm-tiny`). */
@@ -26,13 +27,12 @@ export function bundledModelDir(): string {
   }
 }
 
-/** sha256 of a package's manifest (which holds the sha256 of every file): identifies the model's content. */
+/**
+ * sha256 of a package's manifest (which holds the sha256 of every file): identifies the model's content.
+ * Reads and validates the manifest (`readManifest`); throws `ModelManifestError`.
+ */
 export function modelFingerprint(dir: string): string {
-  try {
-    return createHash('sha256').update(readFileSync(join(dir, 'manifest.json'))).digest('hex')
-  } catch {
-    throw new ModelManifestError('dir', `no manifest.json in ${dir} (pass --model DIR, a model package folder)`)
-  }
+  return readManifest(dir).fingerprint
 }
 
 export interface VisionLanguageModelOptions extends InferencePoolOptions {
@@ -42,9 +42,10 @@ export interface VisionLanguageModelOptions extends InferencePoolOptions {
 
 export class VisionLanguageModel {
   readonly dir: string
+  private described: ManifestFile | undefined
   private loading: Promise<ModelPackage> | undefined
   private pkg: ModelPackage | undefined
-  private workerPool: InferencePool | undefined
+  private inferencePool: InferencePool | undefined
   private users = 0
   private closing: Promise<void> = Promise.resolve()
 
@@ -53,13 +54,23 @@ export class VisionLanguageModel {
     private readonly options: VisionLanguageModelOptions = {},
   ) {
     this.dir = resolve(dir)
-    // validate pool options now, so that a bad --workers fails before any data is read
+    // validate pool options now, so that a bad --inference-threads fails before any data is read
     InferencePool.validate(options)
   }
 
-  /** The loaded package (validated once). */
+  /** The manifest, read and validated on first access (no graph or tokenizer is read). */
+  get manifestFile(): ManifestFile {
+    this.described ??= readManifest(this.dir)
+    return this.described
+  }
+
+  get manifest(): Readonly<ModelManifest> {
+    return this.manifestFile.manifest
+  }
+
+  /** The loaded package (files checked, tokenizer read, prompts resolved), once. */
   load(): Promise<ModelPackage> {
-    this.loading ??= loadModelPackage(this.dir, { verifyHashes: this.options.verifyHashes ?? true }).then((pkg) => {
+    this.loading ??= (async () => openModelPackage(this.manifestFile, { verifyHashes: this.options.verifyHashes ?? true }))().then((pkg) => {
       this.pkg = pkg
       return pkg
     })
@@ -68,12 +79,8 @@ export class VisionLanguageModel {
 
   /** The package, after `load()` resolved. */
   get package(): ModelPackage {
-    if (!this.pkg) throw new Error('VisionLanguageModel.package read before load() resolved')
+    if (!this.pkg) throw new ModelUsageError('VisionLanguageModel.package read before load() resolved')
     return this.pkg
-  }
-
-  get manifest(): Readonly<ModelManifest> {
-    return this.package.manifest
   }
 
   /** Marks one more user (an operator subscribed). */
@@ -81,38 +88,38 @@ export class VisionLanguageModel {
     this.users += 1
   }
 
-  /** One user less; the last one destroys the worker pool (releasing every session). */
+  /** One user less; the last one destroys the inference pool (releasing every session). */
   release(): Promise<void> {
     this.users = Math.max(0, this.users - 1)
-    if (this.users === 0 && this.workerPool) {
-      const pool = this.workerPool
-      this.workerPool = undefined
+    if (this.users === 0 && this.inferencePool) {
+      const pool = this.inferencePool
+      this.inferencePool = undefined
       this.closing = pool.destroy()
     }
     return this.closing
   }
 
-  /** The worker pool, created on first use while acquired. */
+  /** The inference pool, created on first use while acquired. */
   pool(): InferencePool {
-    if (!this.workerPool) {
-      if (this.users === 0) throw new Error('VisionLanguageModel.pool() used without acquire()')
-      this.workerPool = new InferencePool(this.options)
+    if (!this.inferencePool) {
+      if (this.users === 0) throw new ModelUsageError('VisionLanguageModel.pool() used without acquire()')
+      this.inferencePool = new InferencePool(this.options)
     }
-    return this.workerPool
+    return this.inferencePool
   }
 
-  /** Worker threads the pool runs (default: the number of cores). */
-  get workers(): number {
-    return this.options.workers ?? availableParallelism()
+  /** Inference threads the pool runs (default: the number of cores). */
+  get inferenceThreads(): number {
+    return this.options.inferenceThreads ?? availableParallelism()
   }
 
-  /** Whether a worker pool is alive (for tests: sessions are released when it is not). */
+  /** Whether an inference pool is alive (for tests: sessions are released when it is not). */
   get active(): boolean {
-    return this.workerPool !== undefined
+    return this.inferencePool !== undefined
   }
 
   get provider(): ExecutionProvider {
-    return this.workerPool?.activeProvider ?? this.options.provider ?? 'cpu'
+    return this.inferencePool?.activeProvider ?? this.options.provider ?? 'cpu'
   }
 
   /** Waits for a pool being destroyed. */

@@ -1,18 +1,12 @@
 /**
- * Plain tensors that cross thread boundaries: a dtype, dims and a typed array whose buffer is transferred
- * (not copied) between the main thread and inference workers.
+ * Making and describing tensors (`TensorData`, defined with the records in `src/records.ts`): a dtype, dims
+ * and a typed array. Tensors cross to and from inference threads as transferred ArrayBuffers, which
+ * detaches them on the sending side; `copyTensor` is how a caller keeps its own.
  */
 import { ShapeMismatchError } from '../errors.js'
+import type { TensorArray, TensorData, TensorDtype } from '../records.js'
 
-export type TensorDtype = 'float32' | 'int64' | 'int32' | 'uint8' | 'bool'
-
-export type TensorArray = Float32Array | BigInt64Array | Int32Array | Uint8Array
-
-export interface TensorData {
-  readonly dtype: TensorDtype
-  readonly dims: readonly number[]
-  readonly data: TensorArray
-}
+export type { TensorArray, TensorData, TensorDtype } from '../records.js'
 
 export type Feeds = Readonly<Record<string, TensorData>>
 
@@ -26,16 +20,24 @@ export function tensor(dtype: TensorDtype, dims: readonly number[], data: Tensor
   return { dtype, dims: [...dims], data }
 }
 
+/** A float32 tensor over `data` (not copied when it is a Float32Array), or zeros. */
 export function float32(dims: readonly number[], data?: Float32Array | readonly number[]): TensorData {
   return tensor('float32', dims, data instanceof Float32Array ? data : data === undefined ? new Float32Array(elementCount(dims)) : Float32Array.from(data))
 }
 
+/** An int64 tensor over `data` (not copied when it is a BigInt64Array), or zeros. */
 export function int64(dims: readonly number[], data?: BigInt64Array | readonly (number | bigint)[]): TensorData {
   const array = data instanceof BigInt64Array ? data : BigInt64Array.from((data ?? new Array(elementCount(dims)).fill(0)).map((v) => BigInt(v)))
   return tensor('int64', dims, array)
 }
 
-/** The buffers of `feeds`, for transfer lists. Buffers shared by several tensors are listed once. */
+/** The data of a float32 tensor; throws `ShapeMismatchError` naming `name` for another dtype. */
+export function float32Data(t: TensorData, name: string): Float32Array {
+  if (!(t.data instanceof Float32Array)) throw new ShapeMismatchError(`${name} (float32)`, t.dims, [...t.dims], { cause: `dtype ${t.dtype}` })
+  return t.data
+}
+
+/** The buffers of `tensors`, for transfer lists. Buffers shared by several tensors are listed once. */
 export function buffersOf(tensors: Iterable<TensorData>): ArrayBuffer[] {
   const seen = new Set<ArrayBufferLike>()
   for (const t of tensors) seen.add(t.data.buffer)

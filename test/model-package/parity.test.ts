@@ -4,9 +4,15 @@
  * model/export.py writes, next to the ONNX graphs, reference inputs and PyTorch outputs for every graph
  * (reference/{graph}.{case}.json + raw little-endian tensors) and full greedy generations of a few samples
  * (reference/greedy.json). Here each graph runs in onnxruntime-node on the reference inputs and must match
- * PyTorch to max |diff| <= 1e-4; then the whole generation loop runs in TypeScript (vit -> resampler ->
- * router + experts, grouped per expert -> xattn_kv -> decoder prefill with an empty cache + cached steps) and
- * must produce exactly PyTorch's greedy tokens. Debian has no Python ONNX Runtime: this test is the ORT check.
+ * PyTorch to max |diff| <= 1e-4; then a greedy loop (vit -> resampler -> router + experts, grouped per expert
+ * -> xattn_kv -> decoder prefill with an empty cache + cached steps) must produce exactly PyTorch's greedy
+ * tokens. Debian has no Python ONNX Runtime: this test is the ORT check.
+ *
+ * An independent oracle, on purpose: it calls onnxruntime-node directly and re-implements routing, the
+ * expert combine and greedy decoding from the manifest's written rules, without `src/model` (no inference
+ * pool, no `generate`, no KV-cache trimming or continuous batching). It checks the package; the operators'
+ * specs (test/operators/*.test.ts) check `src/model` against the same reference tokens, so a bug in the
+ * runtime cannot hide behind the code it would share with its check.
  *
  * EVFLOW_PARITY_MODEL=dir checks another package (e.g. one exported from a random config). Skipped, with a
  * notice, only when the package is absent.

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest'
 
-import { generate, type DecoderOutputs, type GenerationOptions, type GenerationSample, type MemoryTensors } from '../../src/model/generate.js'
+import { generate, type BatchingOptions, type DecoderOutputs, type DecoderSpec, type GenerationParams, type GenerationSample, type MemoryTensors } from '../../src/model/generate.js'
 import { float32, type Feeds } from '../../src/tensor/tensors.js'
 
 const V = 12
@@ -80,8 +80,13 @@ function countingScript(seed: number, tokens: number[]): Float32Array {
   return logits
 }
 
-const cache = { nLayer: NL, heads: H, headDim: DH }
-const options = (o: Partial<GenerationOptions> = {}): GenerationOptions => ({ maxNewTokens: 20, maxPositions: 64, beams: 1, slots: 4, continuous: true, eos: EOS, pad: PAD, ...o })
+type Options = Partial<GenerationParams & BatchingOptions & { maxPositions: number }>
+/** `generate`'s arguments after the samples: what decides the tokens, how they are batched, the decoder's facts. */
+const options = (o: Options = {}): [GenerationParams, BatchingOptions, DecoderSpec] => [
+  { maxNewTokens: o.maxNewTokens ?? 20, beams: o.beams ?? 1, lengthPenalty: o.lengthPenalty ?? 1 },
+  { slots: o.slots ?? 4, continuous: o.continuous ?? true },
+  { maxPositions: o.maxPositions ?? 64, eos: EOS, pad: PAD, nLayer: NL, heads: H, headDim: DH },
+]
 const expectedCount = (seed: number, extra = 0) => Array.from({ length: (seed % 5) + 1 + extra }, (_, i) => 3 + ((seed + i) % 8))
 
 describe('generate (greedy, fake decoder)', () => {
@@ -89,7 +94,7 @@ describe('generate (greedy, fake decoder)', () => {
   const expected = samples.map((s, i) => expectedCount(i, s.prompt.length - 1))
 
   it('generates each sample\'s tokens, prompts of different lengths left-padded, positions counting from 0', async () => {
-    const { sequences, stats } = await generate(memory(11), samples, options(), fakeDecoder(countingScript), cache)
+    const { sequences, stats } = await generate(memory(11), samples, ...options(), fakeDecoder(countingScript))
     expect(sequences.map((s) => s.tokens)).toEqual(expected)
     expect(sequences.every((s) => s.finish === 'eos')).toBe(true)
     expect(stats.tokens).toBe(expected.reduce((n, t) => n + t.length + 1, 0))
@@ -100,7 +105,7 @@ describe('generate (greedy, fake decoder)', () => {
     for (const continuous of [true, false]) {
       for (const slots of [1, 3, 11]) {
         const log = { rows: [] as number[] }
-        const { sequences, stats } = await generate(memory(11), samples, options({ continuous, slots }), fakeDecoder(countingScript, log), cache)
+        const { sequences, stats } = await generate(memory(11), samples, ...options({ continuous, slots }), fakeDecoder(countingScript, log))
         expect(sequences.map((s) => s.tokens)).toEqual(expected)
         expect(Math.max(...log.rows)).toBeLessThanOrEqual(slots)
         runs.push({ continuous, slots, steps: stats.decoderRuns, rowSteps: stats.rowSteps })
@@ -112,16 +117,16 @@ describe('generate (greedy, fake decoder)', () => {
   })
 
   it('stops at maxNewTokens with finish "length", and within the decoder\'s positions', async () => {
-    const { sequences } = await generate(memory(5), [{ memoryRow: 4, prompt: [1] }], options({ maxNewTokens: 2 }), fakeDecoder(countingScript), cache)
+    const { sequences } = await generate(memory(5), [{ memoryRow: 4, prompt: [1] }], ...options({ maxNewTokens: 2 }), fakeDecoder(countingScript))
     expect(sequences[0]).toEqual({ tokens: [7, 8], finish: 'length' })
-    const tight = await generate(memory(5), [{ memoryRow: 4, prompt: [1, 11, 11] }], options({ maxPositions: 5 }), fakeDecoder(countingScript), cache)
-    expect(tight.sequences[0].tokens).toHaveLength(2)
-    await expect(generate(memory(1), [{ memoryRow: 0, prompt: [1, 1, 1] }], options({ maxPositions: 3 }), fakeDecoder(countingScript), cache)).rejects.toThrow(/no room/)
+    const tight = await generate(memory(5), [{ memoryRow: 4, prompt: [1, 11, 11] }], ...options({ maxPositions: 5 }), fakeDecoder(countingScript))
+    expect(tight.sequences[0]).toEqual({ tokens: expectedCount(4, 2).slice(0, 2), finish: 'length' })
+    await expect(generate(memory(1), [{ memoryRow: 0, prompt: [1, 1, 1] }], ...options({ maxPositions: 3 }), fakeDecoder(countingScript))).rejects.toThrow(/no room/)
   })
 
   it('reads each sample\'s own memory row even when several samples share one', async () => {
     const shared = [{ memoryRow: 2, prompt: [1] }, { memoryRow: 0, prompt: [1] }, { memoryRow: 2, prompt: [1, 11] }]
-    const { sequences } = await generate(memory(3), shared, options({ slots: 2 }), fakeDecoder(countingScript), cache)
+    const { sequences } = await generate(memory(3), shared, ...options({ slots: 2 }), fakeDecoder(countingScript))
     expect(sequences.map((s) => s.tokens)).toEqual([expectedCount(2), expectedCount(0), expectedCount(2, 1)])
   })
 })
@@ -142,16 +147,16 @@ describe('generate (beam search, fake decoder)', () => {
   }
 
   it('greedy takes the locally best token; beam search finds the more probable sequence', async () => {
-    const greedy = await generate(memory(1), [{ memoryRow: 0, prompt: [1] }], options({ maxNewTokens: 6 }), fakeDecoder(script), cache)
+    const greedy = await generate(memory(1), [{ memoryRow: 0, prompt: [1] }], ...options({ maxNewTokens: 6 }), fakeDecoder(script))
     expect(greedy.sequences[0].tokens.slice(0, 2)).toEqual([3, 6])
-    const beam = await generate(memory(1), [{ memoryRow: 0, prompt: [1] }], options({ beams: 3, maxNewTokens: 6 }), fakeDecoder(script), cache)
+    const beam = await generate(memory(1), [{ memoryRow: 0, prompt: [1] }], ...options({ beams: 3, maxNewTokens: 6 }), fakeDecoder(script))
     expect(beam.sequences[0]).toEqual({ tokens: [4, 5], finish: 'eos' })
   })
 
   it('gives each sample the same beam result alone or in a continuous batch with others', async () => {
     const many = Array.from({ length: 5 }, (_, i) => ({ memoryRow: i, prompt: [1] }))
-    const alone = await generate(memory(5), many.slice(0, 1), options({ beams: 2 }), fakeDecoder(script), cache)
-    const together = await generate(memory(5), many, options({ beams: 2, slots: 2 }), fakeDecoder(script), cache)
+    const alone = await generate(memory(5), many.slice(0, 1), ...options({ beams: 2 }), fakeDecoder(script))
+    const together = await generate(memory(5), many, ...options({ beams: 2, slots: 2 }), fakeDecoder(script))
     for (const s of together.sequences) expect(s).toEqual(alone.sequences[0])
   })
 })

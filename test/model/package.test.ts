@@ -4,7 +4,8 @@ import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 
 import { ModelManifestError } from '../../src/errors.js'
-import { REQUIRED_GRAPHS, loadModelPackage } from '../../src/model/package.js'
+import { REQUIRED_GRAPHS, readManifest } from '../../src/model/manifest.js'
+import { loadModelPackage } from '../../src/model/package.js'
 import { ROOT } from '../helpers/cli.js'
 import { tempDir } from '../helpers/util.js'
 
@@ -28,6 +29,7 @@ function writePackage(edit: (m: Record<string, any>) => void = () => {}): void {
     preprocessing: { size: 64, resize: 'fill', mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] },
     tokenizer: { type: 'word', file: 'vocab.txt', split_punctuation: ['?'], unknown: '<unk>' },
     special_tokens: { pad: 0, bos: 1, eos: 2, unk: 3, sep: 4 },
+    prompts: { caption: ['<bos>'], vqa: ['<bos>', '{question}', '<sep>'] },
     generation: { max_new_tokens: 32, strategy: 'greedy' },
     graphs: Object.fromEntries(REQUIRED_GRAPHS.map((g) => [g, { ...graph }])),
     files: { 'vocab.txt': { sha256: sha(join(dir, 'vocab.txt')) } },
@@ -46,14 +48,33 @@ async function failure(): Promise<ModelManifestError> {
 }
 
 describe('loadModelPackage', () => {
-  it('loads a valid package: manifest, graph paths, tokenizer, fingerprint', async () => {
+  it('loads a valid package: manifest, graph paths, tokenizer, prompts, fingerprint', async () => {
     writePackage()
     const model = await loadModelPackage(dir)
     expect(model.manifest.dims.n_layer).toBe(4)
     expect(model.graphPath('vit')).toBe(join(model.dir, 'g.onnx'))
     expect(model.tokenizer.decode(model.tokenizer.encode('a red circle?'))).toBe('a red circle?')
-    expect(model.fingerprint).toMatch(/^[0-9a-f]{64}$/)
+    const token = (t: string) => model.tokenizer.tokenId(t)!
+    expect(model.prompts).toEqual({ caption: { before: [token('<bos>')], asks: false, after: [] }, vqa: { before: [token('<bos>')], asks: true, after: [token('<sep>')] } })
+    expect(model.fingerprint).toBe(sha(join(dir, 'manifest.json')))
     expect(() => model.graphPath('nope')).toThrow(/has no graph nope/)
+  })
+
+  it('readManifest: validates the manifest alone, synchronously, with the fingerprint of its bytes', () => {
+    writePackage()
+    const read = readManifest(dir)
+    expect([read.manifest.name, read.fingerprint]).toEqual(['test', sha(join(dir, 'manifest.json'))])
+    writePackage((m) => delete m.prompts)
+    expect(() => readManifest(dir)).toThrow('manifest prompts: ')
+  })
+
+  it('checks the prompt templates: the question slot once in vqa, never in caption, known tokens', async () => {
+    writePackage((m) => (m.prompts.vqa = ['<bos>', '<sep>']))
+    expect([(await failure()).field, (await failure()).message]).toEqual(['prompts.vqa', 'manifest prompts.vqa: must hold {question} exactly once, found 0'])
+    writePackage((m) => (m.prompts.caption = ['<bos>', '{question}']))
+    expect((await failure()).field).toBe('prompts.caption')
+    writePackage((m) => (m.prompts.vqa = ['<bos>', '{question}', '<eoq>']))
+    expect([(await failure()).field, (await failure()).message]).toEqual(['prompts.vqa.2', 'manifest prompts.vqa.2: the prompt token <eoq> is not in the vocabulary'])
   })
 
   it('names the field of a missing or malformed manifest entry', async () => {
@@ -89,7 +110,7 @@ describe('loadModelPackage', () => {
   })
 
   it('reports a missing folder, manifest or invalid JSON', async () => {
-    await expect(loadModelPackage(join(dir, 'nope'))).rejects.toThrow(/does not exist/)
+    await expect(loadModelPackage(join(dir, 'nope'))).rejects.toThrow(`manifest dir: model folder ${join(dir, 'nope')} does not exist (pass --model DIR, a folder with manifest.json)`)
     await expect(loadModelPackage(dir)).rejects.toThrow(/manifest.json: not found/)
     writeFileSync(join(dir, 'manifest.json'), '{')
     await expect(loadModelPackage(dir)).rejects.toThrow(/not valid JSON/)

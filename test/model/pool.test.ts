@@ -23,8 +23,8 @@ afterAll(async () => {
 const feeds = () => ({ x: float32([2, 4], [0, 1, 2, 3, 4, 5, 6, 7]), scale: float32([1], [1]) })
 
 describe('InferencePool', () => {
-  it('runs a graph in a worker thread and returns its outputs, transferring the feed buffers', async () => {
-    const p = pool({ workers: 1 })
+  it('runs a graph in an inference thread and returns its outputs, transferring the feed buffers', async () => {
+    const p = pool({ inferenceThreads: 1 })
     const input = feeds()
     const { outputs } = await p.run(graph, input)
     expect(outputs.y.dims).toEqual([2, 2])
@@ -33,14 +33,14 @@ describe('InferencePool', () => {
     expect(input.x.data.byteLength).toBe(0) // transferred, not copied
   })
 
-  it('runs many tasks over several workers with identical results', async () => {
-    const p = pool({ workers: 2 })
+  it('runs many tasks over several inference threads with identical results', async () => {
+    const p = pool({ inferenceThreads: 2 })
     const results = await Promise.all(Array.from({ length: 20 }, () => p.run(graph, feeds())))
     for (const { outputs } of results) Array.from(outputs.y.data as Float32Array).forEach((v, i) => expect(v).toBeCloseTo(expected[i], 5))
   })
 
   it('checks feeds before running and names each problem', async () => {
-    const p = pool({ workers: 1 })
+    const p = pool({ inferenceThreads: 1 })
     await expect(p.run(graph, { x: float32([2, 5]), scale: float32([1]) })).rejects.toThrow(/x: dim 1 must be 4, got 5/)
     await expect(p.run(graph, { x: int64([2, 4]), scale: float32([1]) })).rejects.toThrow(/x: expected float32, got int64/)
     await expect(p.run(graph, { x: float32([2, 4]) })).rejects.toThrow(InferenceError)
@@ -50,11 +50,11 @@ describe('InferencePool', () => {
 
   it('falls back to CPU with a warning when a provider cannot start, unless strict', async () => {
     const warnings: string[] = []
-    const lenient = pool({ workers: 1, provider: 'webgpu', onWarning: (w) => warnings.push(w) })
+    const lenient = pool({ inferenceThreads: 1, provider: 'webgpu', onWarning: (w) => warnings.push(w) })
     const { outputs } = await lenient.run(graph, feeds())
     expect(outputs.y.dims).toEqual([2, 2])
     if (lenient.activeProvider === 'cpu') expect(warnings[0]).toMatch(/execution provider webgpu cannot start .*; running on cpu/)
-    const strict = pool({ workers: 1, provider: 'cuda', strictProvider: true })
+    const strict = pool({ inferenceThreads: 1, provider: 'cuda', strictProvider: true })
     const outcome = await strict.run(graph, feeds()).then(() => 'ran', (e: Error) => e)
     if (outcome !== 'ran') {
       expect(outcome).toBeInstanceOf(InferenceError)
@@ -63,20 +63,20 @@ describe('InferencePool', () => {
   })
 
   it('reports a missing graph file clearly', async () => {
-    await expect(pool({ workers: 1 }).run('/nonexistent/model.onnx', feeds())).rejects.toThrow(/cannot create a session/)
+    await expect(pool({ inferenceThreads: 1 }).run('/nonexistent/model.onnx', feeds())).rejects.toThrow(/cannot create a session/)
   })
 
   it('validates its options and refuses work after destroy', async () => {
-    expect(() => new InferencePool({ workers: 0 })).toThrow(PipelineConfigError)
+    expect(() => new InferencePool({ inferenceThreads: 0 })).toThrow(PipelineConfigError)
     expect(() => new InferencePool({ provider: 'tpu' as never })).toThrow(/provider/)
-    const p = new InferencePool({ workers: 1 })
+    const p = new InferencePool({ inferenceThreads: 1 })
     await p.destroy()
     await p.destroy()
     await expect(p.run(graph, feeds())).rejects.toThrow(/closed/)
   })
 
-  it('destroy() while tasks run lets them finish (terminating a worker inside ORT would abort the process), then refuses new ones', async () => {
-    const p = new InferencePool({ workers: 2 })
+  it('destroy() while tasks run lets them finish (terminating a thread inside ORT would abort the process), then refuses new ones', async () => {
+    const p = new InferencePool({ inferenceThreads: 2 })
     const running = Array.from({ length: 6 }, () => p.run(graph, feeds()))
     await p.destroy()
     for (const result of await Promise.all(running)) expect(result.outputs.y.dims).toEqual([2, 2])

@@ -13,7 +13,7 @@ import sharp from 'sharp'
 import { decodeImages } from '../../operators/decode-images.js'
 import { readShards } from '../../operators/read-shards.js'
 import { stackPixelValues } from '../../src/model/batch.js'
-import type { GenerationOptions } from '../../src/model/generate.js'
+import type { BatchingOptions, DecoderSpec, GenerationParams } from '../../src/model/generate.js'
 import { loadModelPackage, type ModelPackage } from '../../src/model/package.js'
 import { InferencePool } from '../../src/model/inference-pool.js'
 import { float32, int64, type TensorData } from '../../src/tensor/tensors.js'
@@ -112,21 +112,15 @@ export interface LimitOptions {
 export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[], options: LimitOptions): Promise<LimitRun> {
   const m = pkg.manifest
   const d = m.dims
-  const pool = new InferencePool({ workers: options.workers, threads: options.threads ?? 1 })
+  const pool = new InferencePool({ inferenceThreads: options.workers, intraOpThreads: options.threads ?? 1 })
   try {
     const batches: TensorData[] = []
     for (let i = 0; i < images.length; i += options.batch) batches.push(stackPixelValues(images.slice(i, i + options.batch)).pixel_values)
     const computeMs = { vit: 0, resampler: 0, experts: 0, xattn_kv: 0, decoder: 0 }
     let tokens = 0
-    const generation: GenerationOptions = {
-      maxNewTokens: options.maxNewTokens ?? m.generation.max_new_tokens,
-      maxPositions: d.max_text_len,
-      beams: 1,
-      slots: options.slots ?? 32,
-      continuous: options.continuous ?? true,
-      eos: m.special_tokens.eos,
-      pad: m.special_tokens.pad,
-    }
+    const params: GenerationParams = { maxNewTokens: options.maxNewTokens ?? m.generation.max_new_tokens, beams: 1, lengthPenalty: 1 }
+    const batching: BatchingOptions = { slots: options.slots ?? 32, continuous: options.continuous ?? true }
+    const decoder: DecoderSpec = { maxPositions: d.max_text_len, eos: m.special_tokens.eos, pad: m.special_tokens.pad, nLayer: d.n_layer, heads: d.n_head, headDim: d.head_dim }
     async function chain(pixel_values: TensorData, count = false): Promise<void> {
       const b = pixel_values.dims[0]
       const vit = await pool.run(pkg.graphPath('vit'), { pixel_values })
@@ -138,7 +132,7 @@ export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[
         frame_mask: int64([b, 1], new Array<number>(b).fill(1)),
       })
       const samples = Array.from({ length: b }, (_, i) => ({ memoryRow: i, prompt: [m.special_tokens.bos] }))
-      const generated = await pool.generate(pkg.graphPath('decoder'), memory.outputs as never, samples, generation, { nLayer: d.n_layer, heads: d.n_head, headDim: d.head_dim })
+      const generated = await pool.generate(pkg.graphPath('decoder'), memory.outputs as never, samples, params, batching, decoder)
       if (count) {
         computeMs.vit += vit.ms
         computeMs.resampler += res.ms

@@ -3,6 +3,7 @@
  * committed reference model (EVFLOW_PARITY_MODEL=dir for another package): every input row gives one output
  * row in input order, error rows keep their reasons, a rerun resumes, and model problems are clear errors.
  */
+import { createHash } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync, mkdirSync, copyFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -40,9 +41,9 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     const summary = JSON.parse(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8'))
     const stages = summary.stages.map((s: { stage: string }) => s.stage)
     expect(stages).toEqual(expect.arrayContaining(['extractVitFeatures', 'resampleTokens', 'routeToExperts', 'crossAttend', 'decodeText']))
-    expect(summary.config.identity.model).toMatch(/^[0-9a-f]{64}$/)
+    expect(summary.config.identity.model).toBe(createHash('sha256').update(readFileSync(join(MODEL, 'manifest.json'))).digest('hex'))
 
-    const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--workers', '1'])
+    const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--inference-threads', '1'])
     expect(again.stdout).toMatch(/0 committed, 3 skipped/) // speed flags do not change the config hash
     const changed = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '7'])
     expect(changed.stdout).toMatch(/3 committed, 0 skipped/) // content flags do
@@ -98,6 +99,12 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     }
   })
 
+  it('--help shows each pipeline\'s own defaults (vqa generates 8 tokens, caption 32)', () => {
+    const line = (pipeline: string) => runCli([pipeline, '--help']).stdout.split('\n').find((l) => l.includes('--max-new-tokens'))
+    expect(line('vqa')).toMatch(/--max-new-tokens <n> +most generated tokens per text \(default 8\)$/)
+    expect(line('caption')).toMatch(/--max-new-tokens <n> +most generated tokens per text \(default 32\)$/)
+  })
+
   it('explains model problems: a missing folder, a corrupt graph, a provider that cannot start', async () => {
     const missing = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x1'), '--model', join(dir, 'nowhere')])
     expect(missing.code).toBe(2)
@@ -115,8 +122,8 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     const strict = runCli(['caption', 'fixtures/scenes/test.parquet', '-o', join(dir, 'x4'), ...model, '--limit', '2', '--provider', 'cuda', '--strict-provider'])
     expect(strict.code).toBe(6)
     expect(strict.stderr).toMatch(/execution provider cuda cannot start/)
-    const badFlag = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x5'), ...model, '--workers', '0'])
+    const badFlag = runCli(['caption', 'fixtures/shards', '-o', join(dir, 'x5'), ...model, '--inference-threads', '0'])
     expect(badFlag.code).toBe(2)
-    expect(badFlag.stderr).toMatch(/workers/)
+    expect(badFlag.stderr).toMatch(/PipelineConfigError: inferenceThreads: /)
   })
 })

@@ -42,7 +42,7 @@ interface CaptionSummary {
 
 /** `evflow caption` on the shard; returns rows/s and the run summary. */
 async function e2e(context: BenchContext, input: string, args: readonly string[] = [], tag = 'caption') {
-  const run = await runEvflow('caption', input, join(context.inputs.dir, `out-${tag}`), ['--model', MODEL_DIR, '--batch-size', String(BATCH), '--workers', String(WORKERS), ...args])
+  const run = await runEvflow('caption', input, join(context.inputs.dir, `out-${tag}`), ['--model', MODEL_DIR, '--batch-size', String(BATCH), '--inference-threads', String(WORKERS), ...args])
   return { ...run, summary: run.summary as unknown as CaptionSummary & typeof run.summary }
 }
 
@@ -247,7 +247,7 @@ const papersClaim: BenchCase = {
     const d = m.dims
     const steps = 16
     const batch = 8
-    const pool = new InferencePool({ workers: 1 })
+    const pool = new InferencePool({ inferenceThreads: 1 })
     const rows: Row[] = []
     const raw: Record<string, unknown> = {}
     const rand = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin((i + 1) * 12.9898 + seed) * 0.5)

@@ -1,0 +1,159 @@
+/**
+ * Choosing the next tokens from the decoder's logits: greedy (argmax, ties to the lowest id) or beam search.
+ * Pure functions of the logits and the running beams; the generation loop (generate.ts) runs the decoder and
+ * keeps the cache. Each sequence is chosen from its own rows' logits only, so a sample's tokens never depend
+ * on the other samples of its batch.
+ *
+ * Beam search keeps the `beams` best continuations by summed log-probability; a beam that ends yields a
+ * hypothesis scored by `logprob / length ** lengthPenalty`; a sequence stops once it has `beams` hypotheses
+ * (or hits its length limit, when its best running beams become hypotheses too) and returns the best.
+ */
+import type { TensorData } from '../tensor/tensors.js'
+import type { GenerationSample } from './generate.js'
+
+/** A finished candidate of a sequence. */
+export interface Hypothesis {
+  readonly tokens: number[]
+  readonly score: number
+  readonly finish: 'eos' | 'length'
+}
+
+/** A sample being decoded. */
+export interface Sequence {
+  /** The sample's index in the request (results are returned in sample order). */
+  readonly index: number
+  readonly sample: GenerationSample
+  /** Most tokens it may generate. */
+  readonly limit: number
+  readonly hypotheses: Hypothesis[]
+}
+
+/** A row of the running batch: one beam of a sequence. */
+export interface Beam {
+  readonly sequence: Sequence
+  readonly tokens: number[]
+  /** Summed log-probability (beam search; 0 for greedy). */
+  readonly score: number
+  /** Position id of its last token (the one the next step feeds). */
+  readonly position: number
+}
+
+export interface SearchParams {
+  /** 1: greedy; more: beam search with this many beams. */
+  readonly beams: number
+  /** Beam search: hypothesis score = logprob / length ** lengthPenalty. */
+  readonly lengthPenalty: number
+  readonly eos: number
+}
+
+export interface Selection {
+  /** The beams that go on, grouped by sequence in the order of the input rows. */
+  readonly next: Beam[]
+  /** For each of `next`, the input row it continues (the cache row to keep). */
+  readonly parents: number[]
+  /** Sequences that finished at this step (their hypotheses are complete). */
+  readonly finished: Sequence[]
+}
+
+export function argmax(values: Float32Array, start: number, size: number): number {
+  let best = 0
+  let bestValue = values[start]
+  for (let i = 1; i < size; i++) {
+    if (values[start + i] > bestValue) {
+      bestValue = values[start + i]
+      best = i
+    }
+  }
+  return best
+}
+
+export function logSoftmax(values: Float32Array, start: number, size: number): Float64Array {
+  let max = -Infinity
+  for (let i = 0; i < size; i++) max = Math.max(max, values[start + i])
+  let sum = 0
+  for (let i = 0; i < size; i++) sum += Math.exp(values[start + i] - max)
+  const lse = max + Math.log(sum)
+  const out = new Float64Array(size)
+  for (let i = 0; i < size; i++) out[i] = values[start + i] - lse
+  return out
+}
+
+/** The best hypothesis of a finished sequence (the first of equal scores). */
+export function bestHypothesis(sequence: Sequence): Hypothesis {
+  let best = sequence.hypotheses[0]
+  for (const h of sequence.hypotheses) if (h.score > best.score) best = h
+  return best
+}
+
+/**
+ * Chooses the next rows from `logits [rows, T, V]` (the last position of each row): per sequence (its rows
+ * are consecutive), greedy or beam search.
+ */
+export function selectNext(rows: readonly Beam[], logits: TensorData, params: SearchParams): Selection {
+  const [, t, vocab] = logits.dims
+  const values = logits.data as Float32Array
+  const selection: Selection = { next: [], parents: [], finished: [] }
+  const lastPosition = (row: number) => (row * t + t - 1) * vocab
+  let r = 0
+  while (r < rows.length) {
+    const sequence = rows[r].sequence
+    let end = r
+    while (end < rows.length && rows[end].sequence === sequence) end++
+    if (params.beams === 1) selectGreedy(rows[r], r, argmax(values, lastPosition(r), vocab), params, selection)
+    else selectBeams(rows, r, end, (i) => logSoftmax(values, lastPosition(i), vocab), params, selection)
+    r = end
+  }
+  return selection
+}
+
+/** Greedy: the row's argmax token ends the sequence (`eos`, or its length limit) or extends its one beam. */
+function selectGreedy(beam: Beam, row: number, token: number, params: SearchParams, selection: Selection): void {
+  const { sequence } = beam
+  const tokens = token === params.eos ? beam.tokens : [...beam.tokens, token]
+  if (token === params.eos || tokens.length >= sequence.limit) {
+    sequence.hypotheses.push({ tokens, score: 0, finish: token === params.eos ? 'eos' : 'length' })
+    selection.finished.push(sequence)
+  } else {
+    selection.next.push({ sequence, tokens, score: 0, position: beam.position + 1 })
+    selection.parents.push(row)
+  }
+}
+
+/** Beam search over the rows `[start, end)` of one sequence. */
+function selectBeams(rows: readonly Beam[], start: number, end: number, logProbabilities: (row: number) => Float64Array, params: SearchParams, selection: Selection): void {
+  const { beams, eos, lengthPenalty } = params
+  const sequence = rows[start].sequence
+  const candidates: { row: number; token: number; score: number }[] = []
+  for (let i = start; i < end; i++) {
+    const logp = logProbabilities(i)
+    // the 2·beams best tokens of this row are enough: at most `beams` candidates can end
+    const order = Array.from(logp.keys()).sort((a, b) => logp[b] - logp[a] || a - b).slice(0, 2 * beams)
+    for (const token of order) candidates.push({ row: i, token, score: rows[i].score + logp[token] })
+  }
+  candidates.sort((a, b) => b.score - a.score || a.row - b.row || a.token - b.token)
+  const kept: { row: number; token: number; score: number }[] = []
+  for (const [rank, c] of candidates.entries()) {
+    if (c.token === eos) {
+      if (rank < beams) {
+        const tokens = rows[c.row].tokens
+        sequence.hypotheses.push({ tokens, score: c.score / Math.max(1, tokens.length + 1) ** lengthPenalty, finish: 'eos' })
+      }
+    } else kept.push(c)
+    if (kept.length === beams) break
+  }
+  const length = rows[start].tokens.length + 1
+  if (sequence.hypotheses.length >= beams || length >= sequence.limit) {
+    if (sequence.hypotheses.length < beams) {
+      for (const c of kept.slice(0, beams - sequence.hypotheses.length)) {
+        const tokens = [...rows[c.row].tokens, c.token]
+        sequence.hypotheses.push({ tokens, score: c.score / tokens.length ** lengthPenalty, finish: 'length' })
+      }
+    }
+    selection.finished.push(sequence)
+  } else {
+    for (const c of kept) {
+      selection.next.push({ sequence, tokens: [...rows[c.row].tokens, c.token], score: c.score, position: rows[c.row].position + 1 })
+      selection.parents.push(c.row)
+    }
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * What the pipelines declare (pipelines/definition.ts): which settings decide the output (they alone are
+ * stored in output files and hashed), and the CLI help, whose defaults come from each pipeline's own defaults.
+ */
+import { z } from 'zod'
+import { describe, expect, it } from 'vitest'
+
+import { flagHelp, pipelineConfig } from '../../pipelines/definition.js'
+import { pipelines } from '../../pipelines/index.js'
+
+const help = (pipeline: string, key: string) => {
+  const definition = pipelines[pipeline]
+  return flagHelp(definition.flags.find((f) => f.key === key)!, definition.defaults)
+}
+
+describe('pipeline configs', () => {
+  it('split each pipeline\'s settings into those that decide the output and engine settings', () => {
+    const split = Object.fromEntries(Object.entries(pipelines).map(([name, d]) => [name, { output: d.outputKeys, engine: Object.keys(d.defaults).filter((k) => !d.outputKeys.includes(k)).sort() }]))
+    const modelEngine = ['batchSize', 'concurrency', 'inferenceThreads', 'intraOpThreads', 'maxWaitMs', 'model', 'provider', 'strictProvider']
+    expect(split).toEqual({
+      scan: { output: ['size', 'maxPixels', 'maxBytes'], engine: ['concurrency'] },
+      caption: { output: ['maxPixels', 'maxBytes', 'maxNewTokens', 'beams'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
+      'video-caption': { output: ['maxPixels', 'maxBytes', 'maxNewTokens', 'beams'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
+      vqa: { output: ['maxPixels', 'maxBytes', 'maxNewTokens', 'beams', 'questionColumn', 'questions'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
+      embed: { output: ['maxPixels', 'maxBytes', 'normalize'], engine: modelEngine },
+    })
+  })
+
+  it('pipelineConfig refuses a key that is both an output and an engine setting', () => {
+    expect(() => pipelineConfig({ beams: z.number() }, { beams: z.number() })).toThrow('beams: is both an output and an engine setting')
+  })
+})
+
+describe('flagHelp', () => {
+  it('shows each pipeline\'s own default', () => {
+    expect(help('vqa', 'maxNewTokens')).toBe('most generated tokens per text (default 8)')
+    expect(help('caption', 'maxNewTokens')).toBe('most generated tokens per text (default 32)')
+    expect(help('scan', 'size')).toBe('decode to this square size (default 64)')
+    expect(help('vqa', 'questionColumn')).toBe('input column with the question (default question)')
+  })
+
+  it('formats byte sizes, names machine-dependent defaults in words, and shows none for switches and empty lists', () => {
+    expect(help('caption', 'maxBytes')).toBe('reject images larger than this (default 64 MiB)')
+    expect(help('caption', 'inferenceThreads')).toBe('inference threads, each with its own ONNX Runtime sessions (default: the number of cores)')
+    expect(help('caption', 'strictProvider')).toBe('fail instead of falling back to cpu when the provider cannot start')
+    expect(help('vqa', 'questions')).toBe('ask this of every image (repeat for several; overrides the column)')
+  })
+})
