@@ -13,6 +13,8 @@ export const PALETTE = ['#0072b2', '#e69f00', '#009e73', '#d55e00', '#cc79a7', '
 
 export interface LineSeries {
   readonly name: string
+  /** Line colour. Default: the palette's, by position. */
+  readonly colour?: string
   /** `[x, y]` in data units, x ascending. */
   readonly points: readonly (readonly [number, number])[]
 }
@@ -86,7 +88,7 @@ export function lineChart(series: readonly LineSeries[], options: LineChartOptio
       if (options.step && j > 0) coords.push(`${px(x).toFixed(1)},${py(s.points[j - 1][1]).toFixed(1)}`)
       coords.push(`${px(x).toFixed(1)},${py(y).toFixed(1)}`)
     }
-    const colour = PALETTE[i % PALETTE.length]
+    const colour = s.colour ?? PALETTE[i % PALETTE.length]
     parts.push(
       s.points.length === 1
         ? `<circle cx="${px(s.points[0][0]).toFixed(1)}" cy="${py(s.points[0][1]).toFixed(1)}" r="3" fill="${colour}"><title>${escapeHtml(s.name)}</title></circle>`
@@ -95,7 +97,7 @@ export function lineChart(series: readonly LineSeries[], options: LineChartOptio
   }
   const legend =
     series.length > 1 || (series.length === 1 && series[0].name !== '')
-      ? `<ul class="legend">${series.map((s, i) => `<li><span class="swatch" style="background:${PALETTE[i % PALETTE.length]}"></span>${escapeHtml(s.name)}</li>`).join('')}</ul>`
+      ? `<ul class="legend">${series.map((s, i) => `<li><span class="swatch" style="background:${s.colour ?? PALETTE[i % PALETTE.length]}"></span>${escapeHtml(s.name)}</li>`).join('')}</ul>`
       : ''
   return `<figure class="chart"><figcaption>${escapeHtml(options.title)}</figcaption><svg viewBox="0 0 ${W} ${H}" role="img" aria-label="${escapeHtml(options.title)}">${parts.join('')}</svg>${legend}</figure>`
 }

@@ -22,7 +22,7 @@ export const FINISH_REASON_COLUMN = 'finish_reason'
 /** Columns every output has (not shown as fields). */
 const STATUS_COLUMNS = ['status', 'error', 'error_code']
 /** Longest text kept per field of a sampled row. */
-const MAX_FIELD_CHARS = 600
+const MAX_FIELD_CHARS = 400
 /** Distinct error codes tracked; the rest are counted under `other`. */
 const MAX_ERROR_CODES = 100
 

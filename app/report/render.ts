@@ -177,7 +177,7 @@ function timingHtml(m: ReportModel): string {
       format: (v) => `${v.toFixed(1)} s`,
     }),
   )
-  parts.push(lineChart(t.throughput, { title: t.throughput.length > 1 ? 'Rows written per second, per process' : 'Rows written per second', yLabel: 'rows/s', ...time }))
+  parts.push(lineChart(t.throughput, { title: t.throughput.length > 1 ? 'Rows finished per second (reaching the writer), per process' : 'Rows finished per second (reaching the writer)', yLabel: 'rows/s', ...time }))
   if (t.tokens.length > 0) parts.push(lineChart(t.tokens, { title: 'Generated tokens per second', yLabel: 'tokens/s', ...time }))
   parts.push(lineChart(t.queueDepth, { title: 'Queue depth per stage (records inside the stage; the largest in each interval)', yLabel: 'records', ...time }))
   if (t.experts.length > 0) {
@@ -290,7 +290,7 @@ pre{background:var(--card);padding:10px;overflow:auto;max-height:360px;font-size
 .badge{display:inline-block;font-size:.72em;padding:1px 6px;border-radius:9px;margin-right:4px;border:1px solid var(--line)}.badge.bad,.badge.cut,.badge.low{border-color:var(--bad);color:var(--bad)}.badge.ok{border-color:var(--ok);color:var(--ok)}
 .examples{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:10px}.message{font-family:ui-monospace,monospace;font-size:.85em}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,560px),1fr));gap:16px}
-figure{margin:0}figcaption{font-weight:600;margin-bottom:4px}.chart svg{width:100%;height:auto;font-size:11px;fill:var(--fg)}
+figure{margin:0}#gallery>.chart{max-width:760px}figcaption{font-weight:600;margin-bottom:4px}.chart svg{width:100%;height:auto;font-size:11px;fill:var(--fg)}
 .chart .grid{stroke:var(--line);stroke-width:1}.chart .axis{stroke:var(--muted)}.chart .label{fill:var(--muted)}
 .legend{list-style:none;padding:0;margin:4px 0;display:flex;flex-wrap:wrap;gap:2px 14px;font-size:.85em}.swatch{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:2px}
 .bar-row{display:grid;grid-template-columns:minmax(90px,170px) 1fr minmax(60px,auto);gap:8px;align-items:center;font-size:.9em;margin:3px 0}

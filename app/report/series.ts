@@ -250,12 +250,14 @@ export class SeriesRecorder {
     const point: SeriesPoint = { type: 'point', t, rows, total, shards, rssMiB: Math.round(process.memoryUsage.rss() / 1024 / 1024), stages: counters }
     this.points.push(point)
     const first = this.points.length === 1
-    if (this.points.length > this.maxPoints) {
-      this.points = thin(this.points)
-      this.step *= 2
-      this.enqueue(() => this.rewrite())
-    } else if (first) {
-      this.enqueue(() => this.rewrite())
+    if (this.points.length > this.maxPoints || first) {
+      if (!first) {
+        this.points = thin(this.points)
+        this.step *= 2
+      }
+      // The file's whole text as of now: later points are appended after it.
+      const text = [this.header, ...this.points].map((x) => JSON.stringify(x)).join('\n') + '\n'
+      this.enqueue(() => this.rewrite(text))
     } else {
       const line = `${JSON.stringify(point)}\n`
       this.enqueue(() => this.append(line))
@@ -291,9 +293,8 @@ export class SeriesRecorder {
     }
   }
 
-  private async rewrite(): Promise<void> {
+  private async rewrite(text: string): Promise<void> {
     await this.ensureDir()
-    const text = [this.header, ...this.points].map((x) => JSON.stringify(x)).join('\n') + '\n'
     const tmp = `${this.file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
     const handle = await open(tmp, 'wx')
     try {

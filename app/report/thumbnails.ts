@@ -33,7 +33,8 @@ export interface ThumbnailOptions {
   readonly frameSize?: number
   /** Most frames of a clip shown. Default 16. */
   readonly maxFrames?: number
-  /** Total encoded bytes of all thumbnails; past it, smaller ones are made, and past twice it none. Default 3 MiB. */
+  /** Most encoded bytes of all thumbnails together (base64 in the page adds a third): past two thirds of it,
+   *  smaller and coarser ones are made; once it is reached, none. Default 3 MiB. */
   readonly budgetBytes?: number
   /** Largest source image accepted, in pixels. Default 64 000 000 (the pipelines' default). */
   readonly maxPixels?: number
@@ -42,6 +43,9 @@ export interface ThumbnailOptions {
   /** Image column of the inputs (the run's `--image-column`). Default: detected as the run did. */
   readonly imageColumn?: string
 }
+
+/** Why a row has no thumbnail once the thumbnails reached their byte budget. */
+export const BUDGET_REACHED = 'left out: the report reached its size budget'
 
 /** Key of a row in the result map. */
 export const rowKey = (ref: Pick<RowRef, 'shard' | 'row'>): string => `${ref.shard}\u0000${ref.row}`
@@ -65,7 +69,8 @@ export async function makeThumbnails(
   let bytes = 0
   let inputRowGroupsRead = 0
 
-  const encode = async (cell: Uint8Array, side: number, quality: number): Promise<{ data: string; width: number; height: number }> => {
+  /** The thumbnail as a data URL, or null when it would take the thumbnails past the budget. */
+  const encode = async (cell: Uint8Array, side: number, quality: number): Promise<{ data: string; width: number; height: number } | null> => {
     if (cell.byteLength === 0) throw new Error('0 bytes')
     if (cell.byteLength > maxBytes) throw new Error(`${cell.byteLength} bytes exceeds ${maxBytes}`)
     const input = Buffer.from(cell.buffer, cell.byteOffset, cell.byteLength)
@@ -75,12 +80,13 @@ export async function makeThumbnails(
       .resize(side, side, { fit: 'inside', withoutEnlargement: true })
       .webp({ quality, effort: 2 })
       .toBuffer({ resolveWithObject: true })
+    if (bytes + data.byteLength > budget) return null
     bytes += data.byteLength
     return { data: `data:image/webp;base64,${data.toString('base64')}`, width: info.width, height: info.height }
   }
-  // Past the budget: smaller and coarser; past twice the budget: none.
-  const settings = (side: number): { side: number; quality: number } | null =>
-    bytes < budget ? { side, quality: 60 } : bytes < 2 * budget ? { side: Math.max(32, Math.round(side / 2)), quality: 35 } : null
+  // Past two thirds of the budget: smaller and coarser. A thumbnail that would cross the budget is dropped.
+  const settings = (side: number): { side: number; quality: number } =>
+    bytes < (2 * budget) / 3 ? { side, quality: 60 } : { side: Math.max(32, Math.round(side / 2)), quality: 35 }
 
   const thumbnail = async (cell: unknown): Promise<ThumbnailResult> => {
     const clip = Array.isArray(cell)
@@ -96,9 +102,9 @@ export async function makeThumbnails(
         continue
       }
       const s = settings(clip ? frameSize : size)
-      if (s === null) return { ok: false, reason: 'left out: the report reached its size budget' }
       try {
         const t = await encode(frame, s.side, s.quality)
+        if (t === null) return { ok: false, reason: BUDGET_REACHED }
         out.push(t.data)
         if (i === 0) ({ width, height } = t)
       } catch (error) {

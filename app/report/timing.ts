@@ -5,7 +5,7 @@
  */
 import type { RunSummary } from '../../pipelines/run.js'
 import type { StageSnapshot } from '../../src/engine/metrics.js'
-import type { Bar, LineSeries } from './charts.js'
+import { PALETTE, type Bar, type LineSeries } from './charts.js'
 import type { CommittedShard } from './read-output.js'
 import type { SeriesFile, SeriesPoint } from './series.js'
 
@@ -151,9 +151,13 @@ export function timingView(files: readonly SeriesFile[], shards: readonly Commit
   const expertTotal = expertCounts.reduce((n, e) => n + e.count, 0)
   const experts = expertCounts.map((e) => ({ label: `expert ${e.expert}`, value: e.count, note: `${e.count} (${expertTotal > 0 ? ((100 * e.count) / expertTotal).toFixed(1) : '0'}%)` }))
 
+  // Rows that reached the writer (written rows only grow a row group at a time).
+  const finished = (p: SeriesPoint) => Math.max(p.rows, p.stages.writeShards?.[0] ?? 0)
+  // One colour per process in every chart; the first colour for the sum of all.
+  const colour = (i: number) => PALETTE[(i + (recorded.length > 1 ? 1 : 0)) % PALETTE.length]
   const throughput: LineSeries[] = []
-  if (recorded.length > 1) throughput.push({ name: 'all processes', points: rate(recorded, (p) => p.rows, t0, t1, origin) })
-  for (const f of recorded) throughput.push({ name: label(f), points: rate([f], (p) => p.rows, t0, t1, origin) })
+  if (recorded.length > 1) throughput.push({ name: 'all processes', colour: PALETTE[0], points: rate(recorded, finished, t0, t1, origin) })
+  for (const [i, f] of recorded.entries()) throughput.push({ name: label(f), colour: colour(i), points: rate([f], finished, t0, t1, origin) })
   const tokenGet = (p: SeriesPoint) => p.stages.decodeText?.[5]?.tokens ?? 0
   const hasTokens = recorded.some((f) => tokenGet(f.points.at(-1)!) > 0)
   const tokens = hasTokens ? [{ name: '', points: rate(recorded, tokenGet, t0, t1, origin) }] : []
@@ -161,7 +165,7 @@ export function timingView(files: readonly SeriesFile[], shards: readonly Commit
   const queueDepth = stageNames
     .map((stage) => ({ name: stage, points: level(recorded, (p) => p.stages[stage]?.[4] ?? 0, t0, t1, origin) }))
     .filter((s) => s.points.some(([, y]) => y > 0))
-  const rss = recorded.map((f) => ({ name: label(f), points: f.points.map((p) => [(p.t - origin) / 1000, p.rssMiB] as [number, number]) }))
+  const rss = recorded.map((f, i) => ({ name: label(f), colour: colour(i), points: f.points.map((p) => [(p.t - origin) / 1000, p.rssMiB] as [number, number]) }))
 
   const step = Math.max(1, Math.ceil(commitTimes.length / 400))
   const commitPoints: [number, number][] = commitTimes.length > 0 && Number.isFinite(origin) && commitTimes[0] > origin ? [[0, 0]] : []
