@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { lstat, open, readFile, rename, rm, stat } from 'node:fs/promises'
-import { basename, dirname, join, resolve } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 
 import { EVFLOW_VERSION, type RunSummary } from '../../pipelines/run.js'
 import { InputNotFoundError, PipelineConfigError, ShardWriteError, describeError } from '../../src/errors.js'
@@ -172,7 +172,7 @@ export async function buildReport(options: ReportOptions): Promise<ReportResult>
   const committed = new Set(scan.shards.map((s) => s.record.shard))
   const failedShards = summary?.failedShards.filter((f) => !committed.has(f.shard)) ?? []
   const html = renderReport({
-    outDir: resolve(outDir),
+    outDir,
     generatedAt: new Date().toISOString(),
     evflow: options.evflow ?? EVFLOW_VERSION,
     pipeline,

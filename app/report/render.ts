@@ -206,7 +206,7 @@ function summaryHtml(m: ReportModel): string {
       'model',
       model === null
         ? '–'
-        : `${h(model.name ?? model.path)}${model.description ? `<br><span class="muted">${h(model.description)}</span>` : ''}<br>declared domain: ${model.domain === null ? '<span class="muted">not declared in the manifest</span>' : `<b>${h(model.domain)}</b>`}`,
+        : `${h(model.name ?? model.path)} · declared domain: ${model.domain === null ? '<span class="muted">not declared in the manifest</span>' : `<b>${h(model.domain)}</b>`}${model.description ? `<small class="muted">${h(model.description)}</small>` : ''}`,
     ],
     ['rows', `${int(scan.rows.total)} in · <b>${int(scan.rows.ok)}</b> ok · <b>${int(scan.rows.error)}</b> error (${pct(scan.rows.error, scan.rows.total)})`],
     ['shards', `${int(scan.shards.length)} committed${m.failedShards.length > 0 ? ` · <b>${m.failedShards.length} failed</b>` : ''}${scan.uncommitted.length > 0 ? ` · ${scan.uncommitted.length} file(s) without a completion record` : ''}`],
@@ -223,7 +223,8 @@ function summaryHtml(m: ReportModel): string {
           .join('')}</tbody></table>`
   const problems = m.problems.length === 0 ? '' : `<div class="warn"><p>Read with problems:</p><ul>${m.problems.map((p) => `<li>${h(p)}</li>`).join('')}</ul></div>`
   const config = `<details><summary>config${m.configHash ? ` (hash ${h(m.configHash)})` : ''}</summary><pre>${h(JSON.stringify(m.config, null, 2))}</pre></details>`
-  return `<section id="summary"><h2>Summary</h2><dl class="facts">${items.map(([k, v]) => `<div><dt>${h(k)}</dt><dd data-fact="${h(k)}">${v}</dd></div>`).join('')}</dl>${problems}${sources}${config}</section>`
+  const wide = new Set(['model', 'rows', 'machine'])
+  return `<section id="summary"><h2>Summary</h2><dl class="facts">${items.map(([k, v]) => `<div${wide.has(k) ? ' class="wide"' : ''}><dt>${h(k)}</dt><dd data-fact="${h(k)}">${v}</dd></div>`).join('')}</dl>${problems}${sources}${config}</section>`
 }
 
 function evaluationHtml(e: EvalReport): string {
@@ -271,7 +272,8 @@ header{padding:16px 20px 8px;border-bottom:1px solid var(--line)}header h1{margi
 nav{display:flex;flex-wrap:wrap;gap:4px 14px;margin-top:6px}nav a{color:var(--accent);text-decoration:none}
 main{padding:0 20px 40px;max-width:1400px;margin:0 auto}section{padding-top:14px}h2{border-bottom:1px solid var(--line);padding-bottom:4px}
 .muted{color:var(--muted)}code{font-size:.92em}
-.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:8px 18px;margin:0}.facts div{background:var(--card);border-radius:6px;padding:8px 10px}
+.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));grid-auto-flow:dense;gap:8px 12px;margin:0}.facts div{background:var(--card);border-radius:6px;padding:6px 10px}.facts .wide{grid-column:span 2}.facts small{font-size:.8em;line-height:1.3;display:block}
+@media (max-width:560px){.facts .wide{grid-column:auto}}
 dt{font-size:.8em;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}dd{margin:2px 0 0}
 table{border-collapse:collapse;margin:8px 0;max-width:100%;display:block;overflow-x:auto}th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:var(--card);padding:10px;overflow:auto;max-height:360px;font-size:12px}
