@@ -46,9 +46,9 @@ export function registerReportCommand(program: Command): void {
     .addHelpText(
       'after',
       `
-The page has no external resource (inline CSS, SVG and thumbnails; it makes no network request) and is
-about 1-5 MB for the default sample. It reads each output shard once, and the input rows of the sampled
-rows for thumbnails (the completion records name each shard's input and rows).
+The page has no external resource (inline CSS, SVG and thumbnails; it makes no network request) and
+stays under 5 MB. It reads each output shard once, and the input rows of the sampled rows for thumbnails
+(the completion records name each shard's input and rows).
 
 Examples:
   evflow report out/caption
