@@ -10,7 +10,7 @@ import { parquetReadObjects } from 'hyparquet'
 import { compressors } from 'hyparquet-compressors'
 
 import { ShardReadError, describeError } from '../../src/errors.js'
-import { EVFLOW_DIR, outputLayout, type CompletionRecord } from '../../src/parquet/commit.js'
+import { outputLayout, type CompletionRecord } from '../../src/parquet/commit.js'
 import { openParquet, rowGroupRanges } from '../../src/parquet/file.js'
 import { summarizeColumns } from '../../src/parquet/schema.js'
 import { Reservoir, Smallest, seededRandom } from './sample.js'
@@ -128,7 +128,7 @@ export async function committedShards(outDir: string): Promise<{ shards: Committ
   const recorded = new Set(shards.map((s) => s.record.output))
   let files: string[] = []
   try {
-    files = (await readdir(outDir)).filter((f) => f.endsWith('.parquet') && !recorded.has(f) && f !== EVFLOW_DIR)
+    files = (await readdir(outDir)).filter((f) => f.endsWith('.parquet') && !recorded.has(f))
   } catch {
     files = []
   }

@@ -136,7 +136,7 @@ function galleryHtml(m: ReportModel): string {
     : ''
   const hist = scan.confidenceHistogram ? histogram(scan.confidenceHistogram, { title: 'Confidence of the ok rows (exp of the mean token log-probability)', xLabel: 'confidence' }) : ''
   return `<section id="gallery"><h2>Gallery</h2>
-<p>${explain.join('; ')}. Each input image is shown beside what the model wrote for it.</p>
+<p>${explain.join('; ')}. Each input image is shown beside its output row.</p>
 ${finishLine}${hist}
 <div class="controls">${controls}<span class="count"><span id="shown">${scan.gallery.length}</span> of ${scan.gallery.length} shown</span></div>
 <p id="gallery-empty" class="muted" hidden>No row matches.</p>

@@ -116,7 +116,11 @@ export async function makeThumbnails(
   }
 
   const byShard = new Map<string, RowRef[]>()
-  for (const ref of rows) byShard.set(ref.shard, [...(byShard.get(ref.shard) ?? []), ref])
+  for (const ref of rows) {
+    const list = byShard.get(ref.shard) ?? []
+    list.push(ref)
+    byShard.set(ref.shard, list)
+  }
   for (const shard of shards) {
     const wanted = byShard.get(shard.record.shard)
     if (!wanted || wanted.length === 0) continue
