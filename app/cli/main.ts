@@ -18,7 +18,8 @@ import { registerEvalCommand } from './eval-command.js'
 import { registerQueueCommands } from './queue-commands.js'
 import { addReadOptions, positiveInt, readConfigFile } from './args.js'
 import { describeShardFile, formatDescription } from './inspect.js'
-import { formatSummary, jsonProgress, terminalProgress } from './progress.js'
+import { formatSummary, jsonProgress, recordSeries, teeProgress, terminalProgress } from './progress.js'
+import { registerReportCommand, reportAfterRun } from './report-command.js'
 
 export const EXIT = {
   ok: 0,
@@ -69,6 +70,7 @@ interface CommonFlags {
   json?: boolean
   maxInFlight?: number
   verbose?: boolean
+  report?: boolean
 }
 
 function addPipelineCommand(program: Command, definition: PipelineDefinition): void {
@@ -82,6 +84,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--json', 'JSON lines on stdout instead of a progress bar')
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
     .option('--verbose', 'print stacks on errors')
+    .option('--report', 'at the end, write an HTML report to <out>/_evflow/report.html (see evflow report)')
   for (const flag of definition.flags) {
     // The default shown is the pipeline's own (`vqa`: 8 new tokens, `caption`: 32).
     const option = new Option(flag.flags, flagHelp(flag, definition.defaults))
@@ -131,15 +134,17 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     if (!flags.json && process.stderr.isTTY) {
       process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
     }
+    const series = recordSeries(flags.out)
     const summary = await runPipeline(definition, config, {
       ...run,
       inputs,
       outDir: flags.out,
-      progress,
+      progress: teeProgress(progress, series),
       progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
       signal: controller.signal,
-    } as RunOptions)
+    } as RunOptions).finally(() => series.done())
     if (!flags.json) process.stdout.write(formatSummary(summary))
+    if (flags.report) await reportAfterRun(flags.out, flags.json === true)
     process.exitCode = summary.shards.failed > 0 ? EXIT.shardsFailed : EXIT.ok
   })
 }
@@ -163,6 +168,7 @@ export function buildProgram(): Command {
     })
   registerQueueCommands(program, { resolveConfig })
   registerEvalCommand(program)
+  registerReportCommand(program)
   return program
 }
 

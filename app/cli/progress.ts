@@ -1,11 +1,15 @@
 /**
  * Progress for the CLI: a bar on a terminal (stderr), JSON lines otherwise (stdout, one event a line:
- * `start`, `progress`, `shard`, `summary`).
+ * `start`, `progress`, `shard`, `summary`); and the time series a run records for `evflow report`.
  */
 import cliProgress from 'cli-progress'
 
 import type { ShardCommit } from '../../operators/write-shards.js'
 import type { ProgressSink, ProgressState, RunSummary } from '../../pipelines/run.js'
+import { describeError } from '../../src/errors.js'
+import { SeriesRecorder, type TrackedRun } from '../report/series.js'
+
+export { teeProgress } from '../report/series.js'
 
 function formatRate(n: number): string {
   return n >= 100 ? n.toFixed(0) : n.toFixed(1)
@@ -57,6 +61,19 @@ export function terminalProgress(pipeline: string, stream: NodeJS.WriteStream = 
       bar.stop()
     },
   }
+}
+
+/**
+ * Records the run's time series for `evflow report` in `<outDir>/_evflow/series/` (see `app/report/series.ts`):
+ * a progress sink to combine with the display sink (`teeProgress`); call `done()` when the run ends. A write
+ * failure prints one warning and never stops the run.
+ */
+export function recordSeries(outDir: string): TrackedRun {
+  const recorder = new SeriesRecorder(outDir, {
+    source: 'run',
+    onError: (error) => process.stderr.write(`evflow: warning: the run's time series is not recorded: ${describeError(error)}\n`),
+  })
+  return recorder.track()
 }
 
 /** The three-line human summary printed at the end of a run. */

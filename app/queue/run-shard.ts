@@ -6,7 +6,7 @@
 import { concatMap, map, pipe, timer } from 'rxjs'
 
 import { pipelines as registry } from '../../pipelines/index.js'
-import { runConfig, runPipeline, type RunOptions } from '../../pipelines/run.js'
+import { runConfig, runPipeline, type ProgressSink, type RunOptions } from '../../pipelines/run.js'
 import { mergeReadColumns, type PipelineDefinition } from '../../pipelines/definition.js'
 import { PipelineConfigError, ShardReadError, ShardWriteError } from '../../src/errors.js'
 import { planShards, type PlannedShard } from '../../src/parquet/shards.js'
@@ -31,6 +31,8 @@ export interface RunShardContext {
   readonly debugRowDelayMs?: number
   /** Pipeline registry. Default: `pipelines/index.ts`. */
   readonly pipelines?: Readonly<Record<string, PipelineDefinition<object, KeyedRecord>>>
+  /** Also receives the run's progress calls (the worker's time series for `evflow report`). Default: none. */
+  readonly progress?: ProgressSink
 }
 
 /** What a job's shard resolves to on this worker: the pipeline, its validated config and the planned shard. */
@@ -116,7 +118,9 @@ export async function runShardJob(data: ShardJobData, context: RunShardContext):
       ...(context.signal === undefined ? {} : { signal: context.signal }),
       // Rows that have reached the writer (written rows only grow a row group at a time).
       progress: {
+        ...context.progress,
         update: (state) => {
+          context.progress?.update?.(state)
           const reached = state.stages.find((s) => s.stage === 'writeShards')?.recordsIn ?? 0
           context.onProgress?.({ rowsDone: Math.max(reached, state.rowsDone), rowsTotal: state.rowsTotal })
         },

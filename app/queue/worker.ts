@@ -27,6 +27,7 @@ import { describeQueue, workerConnection, type QueueAddress } from './connection
 import { shardJobSchema, type ShardJobData, type ShardJobResult } from './job.js'
 import { runShardJob } from './run-shard.js'
 import { FileShardStore, type ShardStore } from './store.js'
+import { SeriesRecorder } from '../report/series.js'
 
 export interface WorkerOptions {
   readonly address: QueueAddress
@@ -97,6 +98,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const log = options.log ?? (() => {})
   const lockMs = options.lockMs ?? 30_000
   const stores = new Map<string, ShardStore>()
+  // This worker's time series in each output folder it writes, for `evflow report` (per-worker throughput).
+  const series = new Map<string, SeriesRecorder>()
   const active = new Map<string, ActiveJob>()
   let completed = 0
   let failedAttempts = 0
@@ -122,7 +125,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     log({ event: 'job-start', job: id, shard: data.shard, attempt: job.attemptsMade + 1 })
     try {
       const store = await storeFor(data.outDir)
+      const recorder = series.get(resolve(data.outDir)) ?? new SeriesRecorder(resolve(data.outDir), { source: 'worker', name })
+      series.set(resolve(data.outDir), recorder)
+      const tracked = recorder.track()
       const result = await runShardJob(data, {
+        progress: tracked,
         store,
         attempt: `${id}.${job.attemptsStarted}`,
         worker: name,
@@ -132,7 +139,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         },
         progressIntervalMs: options.progressIntervalMs ?? 1000,
         debugRowDelayMs: options.debugRowDelayMs ?? 0,
-      })
+      }).finally(() => tracked.done())
       log({ event: 'job-done', job: id, ...result })
       return result
     } catch (error) {
