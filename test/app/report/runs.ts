@@ -114,7 +114,7 @@ export const textPipeline: PipelineDefinition<{ note: string }, Generated> = {
   defaults: { note: 'test' },
   schema: z.strictObject({ note: z.string() }),
   flags: [],
-  performanceKeys: [],
+  outputKeys: ['note'],
   read: () => ({ requireImage: true }),
   stages: () =>
     map((record) => {
