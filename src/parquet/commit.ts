@@ -102,6 +102,23 @@ export function ensureRealDir(dir: string): void {
   }
 }
 
+/**
+ * Whether `dir` exists as a real folder: false when it does not exist; `UnsafeOutputError` when it is a
+ * symlink or not a folder (so that nothing reads or empties a folder through a link).
+ */
+export function isRealDir(dir: string): boolean {
+  let info
+  try {
+    info = lstatSync(dir)
+  } catch (error) {
+    if (errno(error) === 'ENOENT') return false
+    throw error
+  }
+  if (info.isSymbolicLink()) throw new UnsafeOutputError(dir, 'is a symlink; evflow never follows links in _evflow/: remove it')
+  if (!info.isDirectory()) throw new UnsafeOutputError(dir, 'is not a folder: remove it')
+  return true
+}
+
 /** The completion record of a committed shard. */
 export interface CompletionRecord {
   readonly version: 1
@@ -279,8 +296,8 @@ export async function setAsideStale(layout: OutputLayout, keep: ReadonlySet<stri
   const outputs = (await readdir(layout.outDir)).filter((f) => f.endsWith('.parquet') && !keep.has(f.slice(0, -'.parquet'.length)))
   const movable: string[] = []
   for (const file of outputs) {
-    const info = await lstat(join(layout.outDir, file))
-    if (info.isFile() || info.isSymbolicLink()) movable.push(file)
+    const info = await lstat(join(layout.outDir, file)).catch(() => undefined)
+    if (info && (info.isFile() || info.isSymbolicLink())) movable.push(file)
   }
   ensureRealDir(layout.commitsDir)
   const records = (await readdir(layout.commitsDir)).filter((f) => f.endsWith('.json') && !keep.has(f.slice(0, -'.json'.length)))
@@ -293,11 +310,16 @@ export async function setAsideStale(layout: OutputLayout, keep: ReadonlySet<stri
   await mkdir(folder)
   const staleCommits = join(folder, 'commits')
   await mkdir(staleCommits)
-  for (const file of movable) await rename(join(layout.outDir, file), join(folder, file))
+  // Another process sharing the folder (a distributed worker, `evflow submit`) may move the same entry at
+  // the same time: one that is gone already is skipped.
+  const move = (from: string, to: string) => rename(from, to).catch((error: unknown) => {
+    if (errno(error) !== 'ENOENT') throw error
+  })
+  for (const file of movable) await move(join(layout.outDir, file), join(folder, file))
   for (const record of records) {
     const path = join(layout.commitsDir, record)
-    if ((await lstat(path)).isDirectory()) throw new UnsafeOutputError(path, 'is a folder, not a file: remove it')
-    await rename(path, join(staleCommits, record))
+    if ((await lstat(path).catch(() => undefined))?.isDirectory()) throw new UnsafeOutputError(path, 'is a folder, not a file: remove it')
+    await move(path, join(staleCommits, record))
   }
   return { folder, shards, records: orphans.length }
 }

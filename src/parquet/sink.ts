@@ -49,7 +49,8 @@ export class ShardSink<R extends KeyedRecord> {
   private buffer: unknown[][] = []
   private ok = 0
   private errors = 0
-  private failed = false
+  /** The first failure of a file operation; later operations are skipped. */
+  private failure: unknown
   private aborted = false
   private committing?: Promise<CompletionRecord>
 
@@ -171,14 +172,14 @@ export class ShardSink<R extends KeyedRecord> {
   /** Runs `step` after the shard's previous file operations; a failure is reported once, later steps skipped. */
   private enqueue(step: () => Promise<void>, onFailure?: (error: unknown) => void): void {
     this.chain = this.chain.then(async () => {
-      if (this.failed || this.aborted) {
-        onFailure?.(new ShardWriteError(this.options.layout.outDir, `${this.info.name}: ${this.aborted ? 'aborted' : 'an earlier write failed'}`))
+      if (this.failure !== undefined || this.aborted) {
+        onFailure?.(this.failure ?? new ShardWriteError(this.options.layout.outDir, `${this.info.name}: aborted`))
         return
       }
       try {
         await step()
       } catch (error) {
-        this.failed = true
+        this.failure = error
         onFailure?.(error)
         if (!this.aborted) this.options.onError(error)
       }
