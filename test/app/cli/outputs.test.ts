@@ -16,6 +16,8 @@ import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, r
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
+import { DuckDBInstance } from '@duckdb/node-api'
+
 import { CLI, ROOT, runCli } from '../../helpers/cli.js'
 import { duckQuery } from '../../helpers/duckdb.js'
 import * as img from '../../helpers/images.js'
@@ -246,6 +248,33 @@ describe('the output folder always reads right', () => {
     expect(parquetFiles(out)).toEqual(['p0.parquet', 'p1.parquet'])
     const manifest = JSON.parse(readFileSync(join(out, '_evflow', 'manifest.json'), 'utf8'))
     expect(manifest).toMatchObject({ complete: true, files: ['p0.parquet', 'p1.parquet'] })
+  })
+
+  it("docs/cli.md's DuckDB queries (the glob, and the manifest's list) count each row once after a --limit trial and a full run", async () => {
+    const input = join(dir, 'docs-in')
+    shard(join(input, 'p0.parquet'), 'd0', 20)
+    shard(join(input, 'p1.parquet'), 'd1', 20)
+    const out = join(dir, 'docs-out', 'scan')
+    expect(runCli(['scan', input, '-o', out, '--limit', '7']).code).toBe(0)
+    expect(runCli(['scan', input, '-o', out]).code).toBe(0)
+    const docs = readFileSync(join(ROOT, 'docs', 'cli.md'), 'utf8')
+    const sql = /## Output\n[\s\S]*?```sql\n([\s\S]*?)```/.exec(docs)![1].replaceAll('out/scan', out)
+    const statements = sql.split(/;\s*\n/).map((t) => t.replace(/^--.*$/gm, '').trim()).filter((t) => t.length > 0)
+    expect(statements).toHaveLength(3)
+    const instance = await DuckDBInstance.create(':memory:')
+    const connection = await instance.connect()
+    try {
+      const total = async (statement: string) => {
+        const rows = (await connection.runAndReadAll(statement)).getRowObjectsJS()
+        return rows.reduce((n, r) => n + Number(r['count_star()']), 0)
+      }
+      expect(await total(statements[0])).toBe(40)
+      await connection.run(statements[1])
+      expect(await total(statements[2])).toBe(40)
+    } finally {
+      connection.closeSync()
+      instance.closeSync()
+    }
   })
 })
 
