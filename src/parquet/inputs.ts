@@ -189,7 +189,8 @@ function commonDir(files: readonly string[]): string {
 /**
  * Refuses (`UnsafeOutputError`, exit 2, before anything is written) an output folder that overlaps the
  * inputs: that equals, contains or is inside an input folder (a folder named as input, or the fixed part of
- * a glob), or that equals or contains an input file. Real paths are compared, so symlinked folders are seen
+ * a glob that reaches into subfolders, such as `data/**\/*.parquet`), or that equals or contains an input
+ * file (`files`, the resolved inputs). Real paths are compared, so symlinked folders are seen
  * through; an output folder that does not exist yet is resolved through its nearest existing parent.
  */
 export function checkOutputFolder(outDir: string, inputs: readonly string[], files: readonly string[]): void {
@@ -200,6 +201,9 @@ export function checkOutputFolder(outDir: string, inputs: readonly string[], fil
   }
   for (const input of inputs) {
     const dynamic = isDynamicPattern(input)
+    // A glob that matches only files directly in its base folder (`data/*.parquet`) cannot reach into a
+    // folder below it: its files are checked below. One that can (`data/**/*.parquet`) counts as the folder.
+    if (dynamic && !input.slice(globBase(input).length).replace(/^\/+/, '').includes('/') && !input.includes('**')) continue
     const path = realPathOf(dynamic ? globBase(input) : input)
     let folder = dynamic
     if (!dynamic) {

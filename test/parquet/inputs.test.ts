@@ -115,8 +115,9 @@ describe('checkOutputFolder', () => {
   it('accepts a separate folder, existing or not', () => {
     expect(() => checkOutputFolder(join(dir, 'out'), [input], [join(input, 'a.parquet')])).not.toThrow()
     expect(() => checkOutputFolder(join(dir, 'out', 'deep', 'er'), [`${input}/**/*.parquet`], [])).not.toThrow()
-    // An output beside an input file it does not contain.
+    // An output beside an input file it does not contain, also when a flat glob named the file.
     expect(() => checkOutputFolder(join(input, 'sub', 'out'), [join(input, 'a.parquet')], [join(input, 'a.parquet')])).not.toThrow()
+    expect(() => checkOutputFolder(join(input, 'out'), [`${input}/*.parquet`], [join(input, 'a.parquet')])).not.toThrow()
   })
 
   it('refuses the input folder, a folder inside it, one containing it, and sees through symlinks and globs', () => {
@@ -126,7 +127,9 @@ describe('checkOutputFolder', () => {
       [dir, [input], []],
       [join(dir, 'data-link', 'out'), [input], []],
       [join(input, 'out'), [join(dir, 'data-link')], []],
-      [join(input, 'out'), [`${input}/*.parquet`], []],
+      [join(input, 'out'), [`${input}/**/*.parquet`], []],
+      [join(input, 'out'), [`${input}/*/x.parquet`], []],
+      [input, [`${input}/*.parquet`], [join(input, 'a.parquet')]],
       [input, [join(input, 'a.parquet')], [join(input, 'a.parquet')]],
       [join(input, 'a.parquet'), [join(input, 'a.parquet')], []],
     ]
