@@ -4,17 +4,10 @@ import { PipelineConfigError, ShardWriteError, describeError } from '../src/erro
 import type { InFlight } from '../src/engine/in-flight.js'
 import { acquireFolderLock, type FolderLock } from '../src/engine/lock.js'
 import type { RunMetrics } from '../src/engine/metrics.js'
-import {
-  commitShard,
-  ensureLayout,
-  outputLayout,
-  tempPath,
-  type CompletionRecord,
-  type OutputLayout,
-} from '../src/parquet/commit.js'
-import { planOutputColumns, schemaOf, type OutputColumn, type PlannedColumn } from '../src/parquet/output-schema.js'
-import { ParquetFileWriter } from '../src/parquet/writer.js'
-import type { ErrorRecord, KeyedRecord, ShardInfo, ShardNotice } from '../src/records.js'
+import { ensureLayout, outputLayout, type CompletionRecord, type OutputLayout } from '../src/parquet/commit.js'
+import type { OutputColumn } from '../src/parquet/output-schema.js'
+import { ShardSink } from '../src/parquet/sink.js'
+import type { ErrorRecord, KeyedRecord, RowKey, ShardInfo, ShardNotice } from '../src/records.js'
 
 export type { OutputColumn } from '../src/parquet/output-schema.js'
 
@@ -48,23 +41,6 @@ export type ShardCommit =
 
 type Incoming<R> = R | ErrorRecord | ShardNotice
 
-interface ShardState {
-  readonly info: ShardInfo
-  readonly kept: { from: string; column: PlannedColumn }[]
-  readonly columns: PlannedColumn[]
-  readonly tmp: string
-  writer?: ParquetFileWriter
-  /** Serialises this shard's file operations. */
-  chain: Promise<void>
-  /** Next ordinal (row - rowStart) to append. */
-  next: number
-  readonly pending: Map<number, KeyedRecord>
-  /** Output values of the next row group, one array per row. */
-  buffer: unknown[][]
-  ok: number
-  errors: number
-}
-
 /**
  * Writes one output Parquet shard per input shard into `outDir` and commits it atomically.
  *
@@ -73,9 +49,13 @@ interface ShardState {
  * with a completion record in `_evflow/commits/` (rows in / ok / error, input fingerprint, config hash).
  * Output rows: the kept columns, `status` (`ok` | `error`), `error`, `error_code`, then `columns`.
  *
+ * The operator is glue: each shard's reorder buffer, row groups and commit are a `ShardSink`
+ * (`src/parquet/sink.ts`); this routes records to them, holds the folder lock and emits the commits.
+ *
  * In → out: N rows of a shard → 1 `ShardCommit` (`committed`, or `failed` for an unreadable shard).
  * On unsubscribe or error, shards in progress are deleted, never left looking complete.
  * Errors: `PipelineConfigError` for bad options; `OutputLockedError` when another run holds the folder;
+ * `UnsafeOutputError` when the output path is not a folder or something under its `_evflow/` is a symlink;
  * `ShardWriteError` when writing fails or a shard's rows did not all arrive before the source completed.
  *
  * @example
@@ -103,12 +83,17 @@ export function writeShards<R extends KeyedRecord>(
     new Observable<ShardCommit>((subscriber) => {
       const layout: OutputLayout = outputLayout(outDir)
       const stage = options.metrics?.stage('writeShards')
-      const shards = new Map<string, ShardState>()
+      const sinks = new Map<string, ShardSink<R>>()
       let lock: FolderLock | undefined
       let closed = false
       let upstreamDone = false
-      let outstanding = 0
+      /** Commits in progress. */
+      let committing = 0
 
+      const abortAll = () => {
+        for (const sink of sinks.values()) sink.abort()
+        sinks.clear()
+      }
       const fail = (error: unknown) => {
         if (closed) return
         closed = true
@@ -116,20 +101,10 @@ export function writeShards<R extends KeyedRecord>(
         lock?.release()
         subscriber.error(error)
       }
-      const abortAll = () => {
-        for (const state of shards.values()) {
-          try {
-            state.writer?.abort()
-          } catch {
-            // best effort: teardown must not throw
-          }
-        }
-        shards.clear()
-      }
       const maybeComplete = () => {
-        if (closed || !upstreamDone || outstanding > 0) return
-        if (shards.size > 0) {
-          const missing = [...shards.values()].map((s) => `${s.info.name}: ${s.next + s.pending.size} of ${s.info.rows} rows`)
+        if (closed || !upstreamDone || committing > 0) return
+        if (sinks.size > 0) {
+          const missing = [...sinks.values()].map((s) => `${s.info.name}: ${s.received} of ${s.info.rows} rows`)
           fail(new ShardWriteError(outDir, `source completed before every row arrived (${missing.join('; ')})`))
           return
         }
@@ -137,108 +112,40 @@ export function writeShards<R extends KeyedRecord>(
         lock?.release()
         subscriber.complete()
       }
-      /** Runs `step` after the shard's previous file operations. */
-      const enqueue = (state: ShardState, step: () => Promise<void>) => {
-        outstanding += 1
-        state.chain = state.chain.then(step).then(
-          () => {
-            outstanding -= 1
+
+      const sinkFor = (info: ShardInfo): ShardSink<R> => {
+        let sink = sinks.get(info.name)
+        if (!sink) {
+          sink = new ShardSink<R>({
+            layout,
+            info,
+            columns,
+            configHash,
+            kv,
+            createdBy,
+            rowGroupSize,
+            ...(stage === undefined ? {} : { metrics: stage }),
+            ...(options.inFlight === undefined ? {} : { onBuffered: (key: RowKey) => options.inFlight!.release(key) }),
+            onError: fail,
+          })
+          sinks.set(info.name, sink)
+        }
+        return sink
+      }
+      const commit = (sink: ShardSink<R>) => {
+        committing += 1
+        sink.commit().then(
+          (record) => {
+            committing -= 1
+            sinks.delete(sink.info.name)
+            if (!closed) subscriber.next({ status: 'committed', ...record })
             maybeComplete()
           },
           (error: unknown) => {
-            outstanding -= 1
+            committing -= 1
             fail(error)
           },
         )
-      }
-
-      const stateFor = (info: ShardInfo): ShardState => {
-        let state = shards.get(info.name)
-        if (state) return state
-        const planned = planOutputColumns(info.kept, columns)
-        const all = [...planned.kept.map((k) => k.column), ...planned.status, ...planned.results]
-        const created: ShardState = {
-          info,
-          kept: planned.kept,
-          columns: all,
-          tmp: tempPath(layout, info.name, '.parquet'),
-          chain: Promise.resolve(),
-          next: 0,
-          pending: new Map(),
-          buffer: [],
-          ok: 0,
-          errors: 0,
-        }
-        shards.set(info.name, created)
-        enqueue(created, async () => {
-          const metaKv = [...kv, { key: 'evflow.input_fingerprint', value: info.fingerprint }]
-          created.writer = await ParquetFileWriter.create(created.tmp, schemaOf(all), metaKv, createdBy)
-        })
-        return created
-      }
-
-      const writeBuffered = (state: ShardState) => {
-        const rows = state.buffer
-        state.buffer = []
-        if (rows.length === 0) return
-        enqueue(state, async () => {
-          if (closed) return
-          const started = performance.now()
-          await state.writer!.writeRowGroup(toColumns(state, rows))
-          stage?.busy(performance.now() - started)
-          stage?.out(rows.length)
-        })
-      }
-
-      const finishShard = (state: ShardState) => {
-        writeBuffered(state)
-        enqueue(state, async () => {
-          if (closed) return
-          const started = performance.now()
-          const result = await state.writer!.finish()
-          const record: CompletionRecord = {
-            version: 1,
-            shard: state.info.name,
-            input: state.info.path,
-            rowStart: state.info.rowStart,
-            rowEnd: state.info.rowEnd,
-            rowsIn: state.info.rows,
-            rowsOk: state.ok,
-            rowsError: state.errors,
-            inputFingerprint: state.info.fingerprint,
-            configHash,
-            output: `${state.info.name}.parquet`,
-            outputBytes: result.bytes,
-            outputSha256: result.sha256,
-            committedAt: new Date().toISOString(),
-          }
-          await commitShard(layout, state.tmp, record)
-          stage?.busy(performance.now() - started)
-          shards.delete(state.info.name)
-          if (!closed) subscriber.next({ status: 'committed', ...record })
-        })
-      }
-
-      const onRecord = (record: KeyedRecord) => {
-        const state = stateFor(record.source)
-        const ordinal = record.key.row - state.info.rowStart
-        if (ordinal < 0 || ordinal >= state.info.rows || ordinal < state.next || state.pending.has(ordinal)) {
-          fail(new ShardWriteError(outDir, `${state.info.name}: unexpected or duplicate row ${record.key.row}`))
-          return
-        }
-        stage?.in()
-        state.pending.set(ordinal, record)
-        while (state.pending.has(state.next)) {
-          const next = state.pending.get(state.next)!
-          state.pending.delete(state.next)
-          state.next += 1
-          if (next.kind === 'error') state.errors += 1
-          else state.ok += 1
-          state.buffer.push(rowValues(state, next, columns))
-          options.inFlight?.release(next.key)
-          if (state.buffer.length >= rowGroupSize) writeBuffered(state)
-        }
-        if (state.next === state.info.rows) finishShard(state)
       }
 
       const onNotice = (notice: ShardNotice) => {
@@ -246,7 +153,7 @@ export function writeShards<R extends KeyedRecord>(
           subscriber.next({ status: 'failed', shard: notice.source.name, input: notice.source.path, error: notice.error.message })
           return
         }
-        finishShard(stateFor(notice.source))
+        commit(sinkFor(notice.source))
       }
 
       try {
@@ -262,7 +169,10 @@ export function writeShards<R extends KeyedRecord>(
           if (closed) return
           try {
             if (record.kind === 'shard-notice') onNotice(record as ShardNotice)
-            else onRecord(record as KeyedRecord)
+            else {
+              const sink = sinkFor((record as KeyedRecord).source)
+              if (sink.push(record as KeyedRecord)) commit(sink)
+            }
           } catch (error) {
             fail(error instanceof ShardWriteError ? error : new ShardWriteError(outDir, describeError(error), { cause: error }))
           }
@@ -282,19 +192,4 @@ export function writeShards<R extends KeyedRecord>(
         }
       }
     })
-}
-
-/** The output values of one row, in column order: kept, status, error, error_code, results. */
-function rowValues<R>(state: ShardState, r: KeyedRecord, results: readonly OutputColumn<R>[]): unknown[] {
-  const values: unknown[] = state.kept.map(({ from, column }) => column.convert(r.kept[from]))
-  const error = r.kind === 'error' ? (r as ErrorRecord) : undefined
-  values.push(error ? 'error' : 'ok', error ? error.message : null, error ? error.code : null)
-  const planned = state.columns.slice(state.kept.length + 3)
-  results.forEach((column, i) => values.push(error ? null : planned[i].convert(column.value(r as unknown as R))))
-  return values
-}
-
-/** Column arrays of one row group from its rows' values. */
-function toColumns(state: ShardState, rows: readonly unknown[][]) {
-  return state.columns.map((column, i) => ({ name: column.name, data: rows.map((row) => row[i]) })) as Parameters<ParquetFileWriter['writeRowGroup']>[0]
 }

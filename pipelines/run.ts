@@ -1,15 +1,29 @@
 /**
- * Running a pipeline over shards into an output folder: lock the folder, plan the shards, skip the ones
- * already committed for this input and config, stream the rest through `readShards → stages →
- * writeShards` with a bound on work in flight, report progress, stop cleanly on a signal, and write the
- * run summary.
+ * Running a pipeline over shards into an output folder: plan the shards, refuse an output folder that
+ * overlaps the inputs, lock the folder, skip the shards already committed for this input and config
+ * (verified by sha256), set aside the outputs that are not part of this plan, stream the rest through
+ * `readShards → stages → writeShards` with a bound on work in flight, report progress, stop cleanly on a
+ * signal, and write the manifest (`_evflow/manifest.json`) and the run summary.
  */
 import { Subscription, tap } from 'rxjs'
 
 import { readShards } from '../operators/read-shards.js'
 import { writeShards, type ShardCommit } from '../operators/write-shards.js'
 import { RunInterruptedError } from '../src/errors.js'
-import { ensureLayout, isCommitted, outputLayout, removeStaleTemps, writeFileAtomic } from '../src/parquet/commit.js'
+import {
+  ensureLayout,
+  isCommitted,
+  makeManifest,
+  outputLayout,
+  planId,
+  removeStaleTemps,
+  setAsideStale,
+  writeFileAtomic,
+  writeManifest,
+  type ManifestShard,
+  type OutputLayout,
+} from '../src/parquet/commit.js'
+import { checkOutputFolder } from '../src/parquet/inputs.js'
 import { planShards, type PlannedShard, type ShardColumns, type ShardSelection } from '../src/parquet/shards.js'
 import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
@@ -77,6 +91,11 @@ export interface RunSummary {
   readonly rowsPerS: number
   readonly failedShards: readonly { shard: string; input: string; error: string }[]
   readonly committed: readonly { shard: string; output: string; rowsIn: number; rowsOk: number; rowsError: number }[]
+  /**
+   * Outputs found in the folder that are not committed shards of this plan (other inputs, row ranges or
+   * config), moved with their records to `folder` (under `_evflow/stale/`) so the folder reads right.
+   */
+  readonly setAside: { readonly folder: string | null; readonly shards: readonly string[] }
   readonly stages: readonly StageSnapshot[]
   readonly inFlightPeakRecords: number
   /** Peak resident set size of the process so far, in MiB. */
@@ -121,17 +140,23 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
     ...(options.limit === undefined ? {} : { limit: options.limit }),
   }
   const planned = options.plan ?? (await planShards(options.inputs, readOptions))
+  checkOutputFolder(options.outDir, options.inputs, planned.map((p) => p.plan.info.path))
 
   ensureLayout(layout)
   const lock = options.lock === false ? undefined : acquireFolderLock(layout.lock, options.outDir)
   try {
     await removeStaleTemps(layout, lock !== undefined)
     const pending: PlannedShard[] = []
+    const valid = new Set<string>()
     let skipped = 0
     for (const shard of planned) {
-      if (!options.overwrite && shard.plan.ok && (await isCommitted(layout, shard.plan.info, hash))) skipped += 1
+      const committed = shard.plan.ok && (await isCommitted(layout, shard.plan.info, hash))
+      if (committed) valid.add(shard.plan.info.name)
+      if (committed && !options.overwrite) skipped += 1
       else pending.push(shard)
     }
+    const setAside = await setAsideStale(layout, valid)
+    const manifest = manifestWriter(layout, definition.name, hash, planned, valid)
     const rowsTotal = pending.reduce((n, s) => n + s.plan.info.rows, 0)
     const writeStage = metrics.stage('writeShards')
     const commits: ShardCommit[] = []
@@ -194,6 +219,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
         .subscribe({
           next: (commit) => {
             commits.push(commit)
+            manifest.set(commit.shard, commit.status, commit.status === 'failed' ? commit.error : undefined)
             options.progress?.shard?.(commit)
           },
           error: (error: unknown) => {
@@ -207,7 +233,10 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
           },
         })
     }).catch(async (error: unknown) => {
-      if (!interrupted) throw error
+      if (!interrupted) {
+        await manifest.close().catch(() => {})
+        throw error
+      }
       await writeSummary()
       throw error
     })
@@ -234,10 +263,12 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
         rowsPerS: durationS > 0 ? Math.round((rowsIn / durationS) * 10) / 10 : 0,
         failedShards: failed.map((f) => ({ shard: f.shard, input: f.input, error: f.error })),
         committed: committed.map((c) => ({ shard: c.shard, output: c.output, rowsIn: c.rowsIn, rowsOk: c.rowsOk, rowsError: c.rowsError })),
+        setAside: { folder: setAside.folder ?? null, shards: setAside.shards },
         stages: metrics.snapshot(),
         inFlightPeakRecords: inFlight.peakRecords,
         peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
       }
+      await manifest.close()
       await writeFileAtomic(layout, layout.summary, `${JSON.stringify(summary, null, 2)}\n`)
       return summary
     }
@@ -247,5 +278,50 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
     return summary
   } finally {
     lock?.release()
+  }
+}
+
+/**
+ * The manifest of a run's plan: written at once (committed shards as found), then at most once a second
+ * as shards commit or fail, and at the end. Writes are serialised, so the last one written is the newest.
+ */
+function manifestWriter(layout: OutputLayout, pipeline: string, configHash: string, planned: readonly PlannedShard[], committed: ReadonlySet<string>) {
+  const shards = new Map<string, ManifestShard>()
+  for (const { plan } of planned) {
+    const { info } = plan
+    shards.set(info.name, {
+      shard: info.name,
+      file: `${info.name}.parquet`,
+      input: info.path,
+      rowStart: info.rowStart,
+      rowEnd: info.rowEnd,
+      rows: info.rows,
+      fingerprint: info.fingerprint,
+      ...(plan.ok ? { status: committed.has(info.name) ? 'committed' : 'pending' } : { status: 'failed', error: plan.error.message }),
+    })
+  }
+  const plan = planId([...shards.values()], configHash)
+  let chain: Promise<void> = Promise.resolve()
+  let timer: NodeJS.Timeout | undefined
+  const write = () => {
+    timer = undefined
+    const manifest = makeManifest({ plan, pipeline, configHash, shards: [...shards.values()] })
+    chain = chain.then(() => writeManifest(layout, manifest))
+    return chain
+  }
+  void write().catch(() => {})
+  return {
+    set(name: string, status: ManifestShard['status'], error?: string) {
+      const shard = shards.get(name)
+      if (!shard) return
+      const { error: _previous, ...rest } = shard
+      shards.set(name, { ...rest, status, ...(error === undefined ? {} : { error }) })
+      timer ??= setTimeout(() => void write().catch(() => {}), 1000).unref()
+    },
+    /** Writes the final manifest; rejects when a write failed. */
+    async close() {
+      if (timer) clearTimeout(timer)
+      await write()
+    },
   }
 }

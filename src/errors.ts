@@ -99,6 +99,38 @@ export class OutputLockedError extends EvflowError {
   }
 }
 
+/**
+ * The output folder cannot be written safely: it overlaps an input (equals, contains or is inside an input
+ * folder, or contains an input file), or something under its `_evflow/` is a symlink or of the wrong kind.
+ * Nothing has been written when this is thrown.
+ */
+export class UnsafeOutputError extends EvflowError {
+  readonly name = 'UnsafeOutputError' as const
+  override readonly exitCode = 2
+  constructor(
+    /** The path at fault: the output folder, or the entry under it. */
+    readonly path: string,
+    message: string,
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${path}: ${message}`, options)
+  }
+}
+
+/** Two inputs of one plan would get the same output name (only on a hash collision; refused before any work). */
+export class OutputNameCollisionError extends EvflowError {
+  readonly name = 'OutputNameCollisionError' as const
+  override readonly exitCode = 2
+  constructor(
+    readonly outputName: string,
+    /** The inputs (path and row range) that would share it. */
+    readonly inputs: readonly string[],
+    options?: EvflowErrorOptions,
+  ) {
+    super(`${inputs.join(' and ')} would share the output name '${outputName}': rename one of them`, options)
+  }
+}
+
 /** Why an image could not be decoded. Stable codes: they are written to the output's `error_code`. */
 export type ImageDecodeReason =
   | 'missing'

@@ -88,6 +88,9 @@ export function formatSummary(summary: RunSummary): string {
     `rows: ${rows.in} in, ${rows.ok} ok, ${rows.error} error${codes ? ` (${codes})` : ''} · ${formatRate(summary.rowsPerS)} rows/s in ${summary.durationS.toFixed(1)} s`,
     `output: ${summary.outDir} (summary: ${summary.outDir.replace(/\/$/, '')}/_evflow/summary.json)`,
   ]
+  if (summary.setAside.shards.length > 0) {
+    lines.push(`set aside: ${summary.setAside.shards.length} output(s) not in this plan (other inputs, rows or config) in ${summary.setAside.folder}`)
+  }
   for (const failed of summary.failedShards) lines.push(`failed: ${failed.shard}: ${failed.error}`)
   return `${lines.join('\n')}\n`
 }

@@ -135,6 +135,7 @@ function formatSubmit(report: SubmitReport, config: object, url: string): string
     `submitted run ${report.run} (${report.pipeline}, config ${report.configHash}) to ${report.queue}\n` +
     `  ${report.jobs} shard jobs, ${report.rows} rows -> ${report.outDir}\n` +
     `  ${report.added} added, ${report.existing} already in the queue${retried}\n` +
+    (report.setAside.shards.length > 0 ? `  set aside: ${report.setAside.shards.length} output(s) not in this plan in ${report.setAside.folder}\n` : '') +
     `  config ${JSON.stringify(config)}\n` +
     `  watch: evflow status --queue ${url} ${report.run}\n`
   )

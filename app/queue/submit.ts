@@ -1,18 +1,31 @@
 /**
- * `evflow submit`: plans the shards of a run exactly as a single-process run would (same output names, row
- * ranges, fingerprints and config hash), optionally splits big shards into row-group ranges, and adds one
- * job per shard. Job ids derive from (output folder, shard name, input fingerprint, config hash), so
- * submitting the same run again adds nothing; a changed input gets a new job.
+ * `evflow submit`: plans the shards of a run exactly as a single-process run would (same naming rule, row
+ * ranges, fingerprints and config hash), optionally splits big shards into row-group ranges, prepares the
+ * output folder (refuses one that overlaps the inputs, sets aside outputs that are not committed shards of
+ * this plan, writes the plan as `_evflow/manifest.json`), and adds one job per shard. Job ids derive from
+ * (output folder, shard name, input fingerprint, config hash), so submitting the same run again adds
+ * nothing; a changed input gets a new job.
  */
 import { resolve } from 'node:path'
 import { Queue, type Job } from 'bullmq'
 
 import { runConfig, type RunOptions } from '../../pipelines/run.js'
 import { mergeReadColumns, type PipelineDefinition } from '../../pipelines/definition.js'
+import { acquireFolderLock } from '../../src/engine/lock.js'
 import { PipelineConfigError, QueueError, describeError } from '../../src/errors.js'
-import { ensureLayout, outputLayout } from '../../src/parquet/commit.js'
-import { openParquet, rowGroupRanges } from '../../src/parquet/file.js'
-import { outputNames, resolveInputs } from '../../src/parquet/inputs.js'
+import {
+  committedRecord,
+  ensureLayout,
+  makeManifest,
+  outputLayout,
+  planId,
+  setAsideStale,
+  writeManifest,
+  type ManifestShard,
+  type SetAside,
+} from '../../src/parquet/commit.js'
+import { fileRows, openParquet, rowGroupRanges } from '../../src/parquet/file.js'
+import { assignOutputNames, checkOutputFolder, type ShardIdentity } from '../../src/parquet/inputs.js'
 import { planShards } from '../../src/parquet/shards.js'
 import { commandConnection, describeQueue, type QueueAddress } from './connection.js'
 import { JOB_FORMAT, runId, shardJobId, type ShardJobData, type ShardJobResult } from './job.js'
@@ -53,6 +66,8 @@ export interface SubmitReport {
   readonly retried: number
   /** Shards whose file could not be read at submit; queued anyway (a worker retries, then keeps the error). */
   readonly unreadable: readonly { readonly shard: string; readonly input: string; readonly error: string }[]
+  /** Outputs that were in the folder but are not committed shards of this plan, moved under `_evflow/stale/`. */
+  readonly setAside: { readonly folder: string | null; readonly shards: readonly string[] }
 }
 
 /** Builds the jobs of a run without touching the queue. */
@@ -76,8 +91,7 @@ export async function planJobs(options: Omit<SubmitOptions, 'address'>): Promise
     ...(read.rowGroups === undefined ? {} : { rowGroups: read.rowGroups }),
     ...(read.limit === undefined ? {} : { limit: read.limit }),
   })
-  const files = await resolveInputs(options.inputs)
-  const baseNames = outputNames(files)
+  checkOutputFolder(outDir, options.inputs, planned.map((p) => p.plan.info.path))
   const common = {
     format: JOB_FORMAT,
     run,
@@ -87,32 +101,92 @@ export async function planJobs(options: Omit<SubmitOptions, 'address'>): Promise
     outDir,
     configHash: hash,
   } as const
-  const jobs: ShardJobData[] = []
-  const unreadable: { shard: string; input: string; error: string }[] = []
+  if (options.maxRowsPerJob === undefined) {
+    // The plan's own names: planShards named its shards over the whole plan, as a single-process run does.
+    const jobs: ShardJobData[] = []
+    const unreadable: { shard: string; input: string; error: string }[] = []
+    for (const { plan } of planned) {
+      const { info } = plan
+      if (!plan.ok) {
+        unreadable.push({ shard: info.name, input: info.path, error: plan.error.message })
+        jobs.push({ ...common, input: info.path, shard: info.name, index: info.index, rows: null, rowCount: 0, fingerprint: '' })
+      } else {
+        jobs.push({ ...common, input: info.path, shard: info.name, index: info.index, rows: [info.rowStart, info.rowEnd], rowCount: info.rows, fingerprint: info.fingerprint })
+      }
+    }
+    return { run, configHash: hash, outDir, jobs, unreadable }
+  }
+
+  // Split big shards along row groups; then name every job's shard in one pass over the whole plan, by the
+  // same rule (a part of a file is named like a single-process `--rows` run of it).
+  const parts: { job: Omit<ShardJobData, 'shard'>; identity: ShardIdentity; error?: string }[] = []
   for (const { plan } of planned) {
     const { info } = plan
     if (!plan.ok) {
-      unreadable.push({ shard: info.name, input: info.path, error: plan.error.message })
-      jobs.push({ ...common, input: info.path, shard: info.name, index: info.index, rows: null, rowCount: 0, fingerprint: '' })
+      parts.push({ job: { ...common, input: info.path, index: info.index, rows: null, rowCount: 0, fingerprint: '' }, identity: { path: info.path }, error: plan.error.message })
       continue
     }
-    if (options.maxRowsPerJob === undefined || info.rows <= options.maxRowsPerJob) {
-      jobs.push({ ...common, input: info.path, shard: info.name, index: info.index, rows: [info.rowStart, info.rowEnd], rowCount: info.rows, fingerprint: info.fingerprint })
+    // (A file that became unreadable since it was planned: its worker reports it; name it as a whole file.)
+    const total = await totalRows(info.path).catch(() => info.rowEnd)
+    const whole = info.rowStart === 0 && info.rowEnd === total
+    if (info.rows <= options.maxRowsPerJob) {
+      parts.push({
+        job: { ...common, input: info.path, index: info.index, rows: [info.rowStart, info.rowEnd], rowCount: info.rows, fingerprint: info.fingerprint },
+        identity: whole ? { path: info.path } : { path: info.path, rows: [info.rowStart, info.rowEnd] },
+      })
       continue
     }
     for (const [start, end] of await splitByRowGroups(info.path, info.rowStart, info.rowEnd, options.maxRowsPerJob)) {
       // Plan the range as a worker will, for its fingerprint.
       const [part] = await planShards([info.path], { ...mergeReadColumns(definition.read(config), columns), rows: [start, end] })
-      const name = `${baseNames[info.index]}.rows-${start}-${end}`
+      const identity: ShardIdentity = { path: info.path, rows: [start, end] }
       if (!part.plan.ok) {
-        unreadable.push({ shard: name, input: info.path, error: part.plan.error.message })
-        jobs.push({ ...common, input: info.path, shard: name, index: info.index, rows: [start, end], rowCount: end - start, fingerprint: '' })
+        parts.push({ job: { ...common, input: info.path, index: info.index, rows: [start, end], rowCount: end - start, fingerprint: '' }, identity, error: part.plan.error.message })
       } else {
-        jobs.push({ ...common, input: info.path, shard: name, index: info.index, rows: [start, end], rowCount: part.plan.info.rows, fingerprint: part.plan.info.fingerprint })
+        parts.push({ job: { ...common, input: info.path, index: info.index, rows: [start, end], rowCount: part.plan.info.rows, fingerprint: part.plan.info.fingerprint }, identity })
       }
     }
   }
+  const names = assignOutputNames(parts.map((p) => p.identity))
+  const jobs = parts.map((p, i): ShardJobData => ({ ...p.job, shard: names[i] }))
+  const unreadable = parts.flatMap((p, i) => (p.error === undefined ? [] : [{ shard: names[i], input: p.job.input, error: p.error }]))
   return { run, configHash: hash, outDir, jobs, unreadable }
+}
+
+/** Rows in the file at `path` (its footer's count). */
+async function totalRows(path: string): Promise<number> {
+  const file = await openParquet(path)
+  try {
+    return fileRows(file.metadata)
+  } finally {
+    await file.close().catch(() => {})
+  }
+}
+
+/**
+ * Prepares the output folder for a submitted plan, under the folder lock (so not while a single-process run
+ * writes it): sets aside every output that is not a committed shard of the plan (verified by sha256) and
+ * writes the plan as `_evflow/manifest.json`, which workers keep up to date as they publish.
+ */
+export async function prepareOutput(planned: { outDir: string; configHash: string; pipeline: string; jobs: readonly ShardJobData[] }): Promise<SetAside> {
+  const layout = outputLayout(planned.outDir)
+  ensureLayout(layout)
+  const lock = acquireFolderLock(layout.lock, planned.outDir)
+  try {
+    const valid = new Set<string>()
+    const shards: ManifestShard[] = []
+    for (const job of planned.jobs) {
+      const committed = job.fingerprint !== '' && (await committedRecord(layout, job.shard, job.fingerprint, planned.configHash)) !== undefined
+      if (committed) valid.add(job.shard)
+      const [rowStart, rowEnd] = job.rows ?? [0, 0]
+      shards.push({ shard: job.shard, file: `${job.shard}.parquet`, input: job.input, rowStart, rowEnd, rows: job.rowCount, fingerprint: job.fingerprint, status: committed ? 'committed' : 'pending' })
+    }
+    const setAside = await setAsideStale(layout, valid)
+    await writeManifest(layout, makeManifest({ plan: planId(shards, planned.configHash), pipeline: planned.pipeline, configHash: planned.configHash, shards }))
+    return setAside
+  } finally {
+    lock.release()
+  }
 }
 
 /** `[start, end)` row ranges along row-group boundaries, each of at least `maxRows` rows except the last. */
@@ -140,7 +214,7 @@ async function splitByRowGroups(path: string, rowStart: number, rowEnd: number, 
 export async function submitShards(options: SubmitOptions): Promise<SubmitReport> {
   const queueLabel = describeQueue(options.address)
   const planned = await planJobs(options)
-  ensureLayout(outputLayout(planned.outDir))
+  const setAside = await prepareOutput({ ...planned, pipeline: options.definition.name })
   const queue = new Queue<ShardJobData, ShardJobResult>(options.address.name, { connection: commandConnection(options.address) })
   queue.on('error', () => {})
   const jobOptions = {
@@ -193,6 +267,7 @@ export async function submitShards(options: SubmitOptions): Promise<SubmitReport
     existing,
     retried,
     unreadable: planned.unreadable,
+    setAside: { folder: setAside.folder ?? null, shards: setAside.shards },
   }
 }
 

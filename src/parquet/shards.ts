@@ -9,7 +9,7 @@ import { compressors } from 'hyparquet-compressors'
 import { PipelineConfigError, ShardReadError, describeError } from '../errors.js'
 import type { ShardInfo } from '../records.js'
 import { fileRows, openParquet, rowGroupRanges, type OpenParquet } from './file.js'
-import { outputNames, resolveInputs } from './inputs.js'
+import { nameShards, resolveInputs } from './inputs.js'
 import { chooseImageColumn, keptColumns, summarizeColumns } from './schema.js'
 
 export interface ShardSelection {
@@ -65,7 +65,8 @@ export async function planShards(
 ): Promise<PlannedShard[]> {
   validateSelection(options)
   const files = await resolveInputs(inputs)
-  const names = outputNames(files)
+  // Names are given over the whole plan at the end; until then a shard's name is its selection suffix.
+  const names = files.map(() => '')
   const planned: PlannedShard[] = []
   let remaining = options.limit ?? Infinity
   for (const [index, path] of files.entries()) {
@@ -82,7 +83,7 @@ export async function planShards(
       await file?.close().catch(() => {})
     }
   }
-  return planned
+  return nameShards(planned)
 }
 
 function failedInfo(path: string, name: string, index: number): ShardInfo {

@@ -2,8 +2,9 @@
  * The exactly-once half of distributed mode, without Redis: planning jobs, running one shard job, and
  * publishing through the shard store (first commit wins, duplicates discarded, never two files).
  */
-import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
@@ -11,11 +12,12 @@ import { scanDefaults, scanPipeline } from '../../../pipelines/scan.js'
 import { runPipeline } from '../../../pipelines/run.js'
 import type { PipelineDefinition } from '../../../pipelines/definition.js'
 import { PipelineConfigError, RunInterruptedError, ShardReadError } from '../../../src/errors.js'
-import { outputLayout, type CompletionRecord } from '../../../src/parquet/commit.js'
+import { outputLayout, readManifest, type CompletionRecord } from '../../../src/parquet/commit.js'
+import { planShards } from '../../../src/parquet/shards.js'
 import { shardJobId } from '../../../app/queue/job.js'
 import { runShardJob } from '../../../app/queue/run-shard.js'
 import { FileShardStore, type Staging } from '../../../app/queue/store.js'
-import { planJobs } from '../../../app/queue/submit.js'
+import { planJobs, prepareOutput } from '../../../app/queue/submit.js'
 import { tempDir } from '../../helpers/util.js'
 import { parquetFiles, readOutput, sha256, writeImageShards, writePoisonShard } from './fixtures.js'
 
@@ -131,7 +133,114 @@ describe('FileShardStore', () => {
   })
 })
 
+describe('FileShardStore: verification, plans and staging cleanup', () => {
+  it('does not take same-size garbage for a committed shard, and publishing replaces it', async () => {
+    const out = join(dir, 'store-garbage')
+    const store = new FileShardStore(out)
+    await store.publish(await stageBytes(store, 'a', Buffer.from('the real output')))
+    writeFileSync(join(out, 'a.parquet'), randomBytes('the real output'.length))
+    expect(await store.committed('a', 'f1', 'h1')).toBeUndefined()
+    // The restored bytes match the record already there: it stands (a duplicate of identical bytes).
+    expect(await store.publish(await stageBytes(store, 'a', Buffer.from('the real output')))).toMatchObject({ identical: true })
+    expect(readFileSync(join(out, 'a.parquet'), 'utf8')).toBe('the real output')
+    expect(await store.committed('a', 'f1', 'h1')).toBeDefined()
+  })
+
+  it('does not publish a shard that is not part of the plan now in the folder (a job of an older submission)', async () => {
+    const out = join(dir, 'store-plan')
+    const { jobs } = await planJobs({ definition: scan, config, inputs: [join(input, 'part-00000.parquet')], outDir: out })
+    await prepareOutput({ outDir: out, configHash: jobs[0].configHash, pipeline: 'scan', jobs })
+    const store = new FileShardStore(out)
+    await expect(store.publish(await stageBytes(store, 'part-00001', Buffer.from('old'), 'f1', jobs[0].configHash))).rejects.toThrow(/not part of the plan now in/)
+    expect(parquetFiles(out)).toEqual([])
+    expect(readdirSync(join(out, '_evflow', 'staging'))).toEqual([])
+  })
+
+  it("removes a dead worker's staging folders on this host at a later stage() too, and other hosts' attempts at the same shard", async () => {
+    const out = join(dir, 'store-reap')
+    const store = new FileShardStore(out, { reapIntervalMs: 0 })
+    const live = await store.stage('a', 'live')
+    const [host, , keyA] = live.dir.split('/').at(-1)!.split('+')
+    const keyB = (await store.stage('b', 'probe')).dir.split('/').at(-1)!.split('+')[2]
+    const root = join(out, '_evflow', 'staging')
+    const dead = join(root, `${host}+999999999+${keyB}+job.1+abcd1234`)
+    const otherHostSameShard = join(root, `another-host+1+${keyA}+job.1+abcd1234`)
+    const otherHostOtherShard = join(root, `another-host+1+${keyB}+job.1+abcd1234`)
+    for (const d of [dead, otherHostSameShard, otherHostOtherShard]) mkdirSync(join(d, '_evflow'), { recursive: true })
+    const again = await store.stage('a', 'retry')
+    expect(existsSync(dead)).toBe(false)
+    expect(existsSync(otherHostSameShard)).toBe(false)
+    expect(existsSync(otherHostOtherShard)).toBe(true)
+    expect(existsSync(live.dir)).toBe(true)
+    expect(existsSync(again.dir)).toBe(true)
+    expect(host).toBe(hostname().replace(/[^A-Za-z0-9.-]+/g, '_').slice(0, 60))
+  })
+
+  it('refuses a symlinked staging folder instead of reading or emptying it', async () => {
+    const out = join(dir, 'store-symlink')
+    const victim = join(dir, 'store-symlink-victim')
+    mkdirSync(join(victim, `${hostname()}+999999999+k+j+abcd1234`), { recursive: true })
+    mkdirSync(join(out, '_evflow'), { recursive: true })
+    const { symlinkSync } = await import('node:fs')
+    symlinkSync(victim, join(out, '_evflow', 'staging'))
+    const store = new FileShardStore(out)
+    await expect(store.reap()).rejects.toThrow(/staging: is a symlink/)
+    await expect(store.stage('a', '1')).rejects.toThrow(/staging: is a symlink/)
+    expect(readdirSync(victim)).toHaveLength(1)
+  })
+
+  it('keeps the manifest up to date under concurrent publishers: it ends complete, listing every shard', async () => {
+    const out = join(dir, 'store-manifest')
+    const names = Array.from({ length: 16 }, (_, i) => `s${i}`)
+    const jobs = names.map((shard, index) => ({ shard, fingerprint: 'f1', input: `/in/${shard}.parquet`, rows: [0, 1] as [number, number], rowCount: 1, index }))
+    await prepareOutput({ outDir: out, configHash: 'h1', pipeline: 'scan', jobs: jobs as never })
+    const stores = [0, 1, 2, 3].map(() => new FileShardStore(out))
+    const stagings = await Promise.all(names.map((n, i) => stageBytes(stores[i % 4], n, Buffer.from(`bytes of ${n}`))))
+    await Promise.all(stagings.map((s, i) => stores[i % 4].publish(s)))
+    const manifest = (await readManifest(outputLayout(out)))!
+    expect(manifest.complete).toBe(true)
+    expect(manifest.files).toEqual(names.map((n) => `${n}.parquet`))
+  })
+})
+
+describe('prepareOutput', () => {
+  it('sets aside outputs that are not committed shards of the plan, keeps those that are, and writes the plan', async () => {
+    const out = join(dir, 'prepare')
+    const { jobs, configHash } = await planJobs({ definition: scan, config, inputs: [input], outDir: out })
+    const store = new FileShardStore(out)
+    await runShardJob(jobs[0], { store, attempt: '1', worker: 'test' })
+    writeFileSync(join(out, 'gone.parquet'), 'an output of an input that is gone')
+    copyFileSync(join(out, 'part-00000.parquet'), join(out, 'part-00001.parquet')) // no record: not committed
+    const setAside = await prepareOutput({ outDir: out, configHash, pipeline: 'scan', jobs })
+    expect([...setAside.shards].sort()).toEqual(['gone', 'part-00001'])
+    expect(parquetFiles(out)).toEqual(['part-00000.parquet'])
+    expect(readdirSync(setAside.folder!).sort()).toEqual(['commits', 'gone.parquet', 'part-00001.parquet'])
+    const manifest = (await readManifest(outputLayout(out)))!
+    expect(manifest).toMatchObject({ complete: false, files: ['part-00000.parquet'], pipeline: 'scan', configHash })
+    expect(manifest.shards.map((s) => [s.shard, s.status])).toEqual([
+      ['part-00000', 'committed'],
+      ['part-00001', 'pending'],
+      ['part-00002', 'pending'],
+    ])
+  })
+})
+
 describe('planJobs', () => {
+  it('names hostile inputs by the single-process rule, split parts included, never twice', async () => {
+    const hostile = join(dir, 'hostile')
+    mkdirSync(hostile, { recursive: true })
+    for (const name of ['图像', '画像', 'shard-1', 'a b', 'a_b', 'x', 'x.rows-0-20']) copyFileSync(join(input, 'part-00001.parquet'), join(hostile, `${name}.parquet`))
+    const { jobs } = await planJobs({ definition: scan, config, inputs: [hostile], outDir: join(dir, 'plan') })
+    const single = await planShards([hostile], {})
+    expect(jobs.map((j) => j.shard)).toEqual(single.map((p) => p.plan.info.name))
+    const split = await planJobs({ definition: scan, config, inputs: [hostile], outDir: join(dir, 'plan'), maxRowsPerJob: 15 })
+    const names = split.jobs.map((j) => j.shard)
+    expect(names).toHaveLength(14)
+    expect(new Set(names.map((n) => n.toLowerCase())).size).toBe(14)
+    expect(names).toEqual(expect.arrayContaining(['shard-1.rows-0-20', 'shard-1.rows-20-30', 'x.rows-0-20', 'x.rows-0-20.rows-0-20', 'x.rows-0-20.rows-20-30']))
+    expect(names.filter((n) => n.includes('~'))).toHaveLength(8) // 图像, 画像, a b, a_b: two parts each
+  })
+
   it('names, ranges and ids shards as a single-process run does; ids are stable and change with the config', async () => {
     const a = await planJobs({ definition: scan, config, inputs: [input], outDir: join(dir, 'plan') })
     const b = await planJobs({ definition: scan, config, inputs: [input], outDir: join(dir, 'plan') })
