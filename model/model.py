@@ -729,13 +729,16 @@ def load_checkpoint(path, **overrides):
 # ----------------------------------------------------------------------------- greedy decoding (the reference loop)
 
 @torch.no_grad()
-def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max_new_tokens=32, eos_id=2, pad_id=0):
+def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max_new_tokens=32, eos_id=2, pad_id=0,
+                    min_new_tokens=0):
     """Greedy decoding with a KV cache, exactly as the TS side runs decoder.onnx.
 
     prompts: list of token-id lists (left padded here). Prefill runs the whole prompt with an empty cache
     (S = 0); each step feeds the last token with position = previous position + 1 and attention_mask extended
     by a 1. Returns per prompt the generated ids up to and including <eos> (or max_new_tokens ids).
-    Argmax ties go to the lowest id."""
+    Argmax ties go to the lowest id. min_new_tokens: while fewer tokens than this have been generated, <eos> is
+    never chosen (its logit counts as -inf), so with min_new_tokens = max_new_tokens every prompt gets exactly
+    max_new_tokens tokens (the manifest's generation.min_new_tokens, for benchmarks of a random-weight model)."""
     B, T = len(prompts), max(len(p) for p in prompts)
     dev = decoder.wte.weight.device
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -746,9 +749,16 @@ def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max
     ids, mask = ids.to(dev), mask.to(dev)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     cfg = decoder.cfg
+
+    def pick(logits, generated):  # [B,V] -> [B]
+        if generated < min_new_tokens:
+            logits = logits.clone()
+            logits[:, eos_id] = float("-inf")
+        return logits.argmax(-1)
+
     past = torch.zeros(cfg.n_layer, B, cfg.n_head, 0, cfg.head_dim, device=dev)
     logits, pk, pv = decoder(ids, pos, mask, past, past, xattn_k, xattn_v, xattn_mask)
-    nxt = logits[:, -1].argmax(-1)
+    nxt = pick(logits[:, -1], 0)
     step_pos = pos[:, -1:] + 1
     out = [[] for _ in range(B)]
     done = [False] * B
@@ -761,6 +771,6 @@ def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=dev)], dim=1)
         logits, pk, pv = decoder(nxt[:, None], step_pos, mask, pk, pv, xattn_k, xattn_v, xattn_mask)
-        nxt = logits[:, -1].argmax(-1)
+        nxt = pick(logits[:, -1], step + 1)
         step_pos = step_pos + 1
     return out

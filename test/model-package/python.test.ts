@@ -24,10 +24,10 @@ describe.skipIf(!HAVE_TORCH)('model/tests (pytest)', () => {
       cwd: ROOT,
       encoding: 'utf8',
       env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1', OMP_NUM_THREADS: '1' },
-      timeout: 230_000,
+      timeout: 470_000,
     })
     if (r.status !== 0) console.error(r.stdout, r.stderr)
     expect(r.error).toBeUndefined()
     expect(r.status).toBe(0)
-  }, 240_000)
+  }, 480_000)
 })
