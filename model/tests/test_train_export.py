@@ -256,3 +256,21 @@ def test_build_base_writes_a_bpe_package_with_fixed_length_generation(tmp_path):
         fixed = greedy_generate(model.decoder, k, v, m, [[1], [1, 7, 4]], max_new_tokens=6, min_new_tokens=6)
     assert [len(x) for x in free] == [1, 1] and free[0] == [2]
     assert [len(x) for x in fixed] == [6, 6] and all(2 not in x for x in fixed)
+
+
+def test_the_pytorch_peer_runs_from_the_committed_package(tmp_path):
+    """tools/bench/peers/torch_peer.py --package: the benchmark's PyTorch peer needs no training checkpoint."""
+    px = (np.random.default_rng(0).random((5, 64, 64, 3)) * 255).astype(np.uint8)
+    np.save(tmp_path / "px.npy", px)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench", "peers", "torch_peer.py"), "--package",
+                        os.path.join(REPO, "fixtures", "models", "evlm-tiny"), "--pixels", str(tmp_path / "px.npy"),
+                        "--batch", "2", "--max-new-tokens", "4"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["images"] == 5 and 5 <= out["tokens"] <= 20 and out["min_new_tokens"] == 0
+    assert out["reference_max_diff"] <= 1e-5
+    np.save(tmp_path / "wrong.npy", px[:, :32, :32])
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench", "peers", "torch_peer.py"), "--package",
+                        os.path.join(REPO, "fixtures", "models", "evlm-tiny"), "--pixels", str(tmp_path / "wrong.npy")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode != 0 and "uint8 [N,64,64,3]" in r.stderr
