@@ -436,7 +436,7 @@ def check_weights_load_back(model, out_dir):
     """Check 4: the ONNX initializers map back onto exactly the model's weights (onnx_weights: how a PyTorch user, the
     benchmark's PyTorch peer, loads a package)."""
     try:
-        state = graphs_state_dict({g: os.path.join(out_dir, f"{g}.onnx") for g in MODEL_GRAPHS}, model.cfg)
+        state = graphs_state_dict({g: os.path.join(out_dir, f"{g}.onnx") for g in MODEL_GRAPHS}, model)
     except PackageWeightsError as e:
         raise SystemExit(f"export check failed: the package's weights do not load back: {e}")
     want = model.state_dict()

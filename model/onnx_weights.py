@@ -247,14 +247,19 @@ def _graph_weights(g: OnnxModel, params: dict, linear: set, found: dict, graph: 
 
 def package_state_dict(pkg_dir, cfg: EVLMConfig) -> dict:
     """EVLM(cfg)'s state dict from the package's ONNX initializers."""
-    manifest = json.load(open(os.path.join(pkg_dir, "manifest.json")))
-    return graphs_state_dict({g: os.path.join(pkg_dir, manifest["graphs"][g]["file"]) for g in MODEL_GRAPHS}, cfg)
-
-
-def graphs_state_dict(paths: dict, cfg: EVLMConfig) -> dict:
-    """EVLM(cfg)'s state dict from the initializers of its graphs ({graph: ONNX file} for MODEL_GRAPHS)."""
     with torch.random.fork_rng():
         model = EVLM(cfg)
+    return graphs_state_dict(graph_paths(pkg_dir), model)
+
+
+def graph_paths(pkg_dir) -> dict:
+    manifest = json.load(open(os.path.join(pkg_dir, "manifest.json")))
+    return {g: os.path.join(pkg_dir, manifest["graphs"][g]["file"]) for g in MODEL_GRAPHS}
+
+
+def graphs_state_dict(paths: dict, model: EVLM) -> dict:
+    """A state dict for `model` (its parameter names, shapes and linear layers; its values are not read or changed)
+    from the initializers of its graphs ({graph: ONNX file} for MODEL_GRAPHS)."""
     params = dict(model.named_parameters())
     linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     found = {}
@@ -277,7 +282,7 @@ def load_package(pkg_dir):
     cfg = EVLMConfig(**manifest["config"])
     with torch.random.fork_rng():
         model = EVLM(cfg)
-    model.load_state_dict(package_state_dict(pkg_dir, cfg))
+    model.load_state_dict(graphs_state_dict(graph_paths(pkg_dir), model))
     return model.eval(), manifest
 
 
