@@ -1,10 +1,11 @@
-"""evflow reference model: a tiny EVLM / Eve-style vision-language model, in data-flow order.
+"""evflow reference model: an EVLM / Eve-style vision-language model, in data-flow order. EVLMConfig's defaults are
+the tiny trained model shipped in fixtures/models/evlm-tiny; PRESETS name other sizes (evlm-base: docs/model.md).
 
     pixels ─▶ ViT (taps) ─▶ Resampler ─▶ VisualExperts ─▶ CrossMemory ─▶ Decoder (gated x-attn + LM)
 
 Each module below is one graph of the exported package (see export.py and docs/model.md):
 
-    ViT            vit.onnx         pixel_values [B,3,64,64]      -> taps [B,L,P,Dv]
+    ViT            vit.onnx         pixel_values [B,3,s,s]        -> taps [B,L,P,Dv]
     Resampler      resampler.onnx   taps [B,L,P,Dv]               -> visual_tokens [B,L,Q,D]
     VisualExperts  router.onnx      tokens [N,D]                  -> router_logits [N,E], shared_out [N,D]
                    experts.onnx     tokens [n,D], expert_id []    -> expert_out [n,D]
@@ -14,9 +15,9 @@ Each module below is one graph of the exported package (see export.py and docs/m
                                                                   -> logits [B,T,V], present_k/v
     LlavaDecoder   llava_decoder.onnx (baseline: visual tokens prepended to the self-attention sequence)
 
-Every forward is a pure function of its inputs. Shapes: B batch, F frames, L taps, P patches, Q queries per
-tap, D visual width, E experts, H heads, dh head width, M = F*Q memory length per decoder layer, T new
-tokens, S cached tokens, V vocabulary.
+Every forward is a pure function of its inputs. Shapes: B batch, F frames, s image side (64 in evlm-tiny), L taps,
+P patches, Q queries per tap, D visual width, E experts, H heads, dh head width, M = F*Q memory length per decoder
+layer, T new tokens, S cached tokens, V vocabulary.
 """
 from __future__ import annotations
 
@@ -260,7 +261,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList([Block(d, cfg.vit_heads, cfg.vit_mlp) for _ in range(cfg.vit_layers)])
 
     def forward(self, pixel_values):
-        x = self.stem(pixel_values)                   # [B,Dv,8,8]
+        x = self.stem(pixel_values)                   # [B,Dv,s/p,s/p] (evlm-tiny: 8x8)
         x = self.ln_stem(x.flatten(2).transpose(1, 2)) + self.pos   # [B,P,Dv]
         taps = []
         for i, block in enumerate(self.blocks):
@@ -648,7 +649,7 @@ class EVLM(nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
     def encode_frames(self, pixel_values, taps=None):
-        """pixel_values [N,3,64,64] (images or flattened frames) -> (refined tokens [N,L,Q,D], aux).
+        """pixel_values [N,3,s,s] (images or flattened frames) -> (refined tokens [N,L,Q,D], aux).
         taps: the ViT's output for these frames when already known (training with a frozen ViT caches it)."""
         if taps is None:
             taps = self.vit(pixel_values)                           # [N,L,P,Dv]
@@ -656,7 +657,7 @@ class EVLM(nn.Module):
         return refined, {**aux, "taps": taps}
 
     def encode(self, pixel_values, frame_mask, taps=None):
-        """pixel_values [B,F,3,64,64], frame_mask [B,F] -> cross memory (xattn_k, xattn_v, xattn_mask), aux.
+        """pixel_values [B,F,3,s,s], frame_mask [B,F] -> cross memory (xattn_k, xattn_v, xattn_mask), aux.
 
         Only valid frames go through the vision tower (as the TS side flattens valid frames into the batch);
         taps, if given, are the ViT's taps of those valid frames in that order [N valid,L,P,Dv]."""
