@@ -3,17 +3,20 @@
     /usr/bin/python3 model/train.py --config model/configs/stage1.json --data out/evlm-data --out out/evlm
 
 Stage 0 (vision encoder): the stand-in for the papers' pretrained vision encoder (EVA-CLIP), which cannot be
-         downloaded here: the ViT learns, with training-only linear heads on its taps, to label every patch
-         with the (shape, color, size) of the object in its grid cell and of the object covering it (labels
-         from the scene description of the training rows; clip frames included). The heads are not exported.
+         downloaded here: the ViT learns, with training-only linear heads on its taps (heads.PatchHeads), to label
+         every patch with the (shape, color, size) of the object in its grid cell and of the object covering it
+         (labels from the scene description of the training rows; clip frames included). The heads are not exported.
 Stage 1 (text): the decoder learns the language of captions and answers, no image.
 Stage 2 (align + multi-task): ViT, resampler, visual FFN, cross-attention memory and gated cross-attention
-         learn captions, VQA and video with the language model frozen (optionally unfrozen late, at a low rate).
+         learn captions, VQA and video with the language model frozen (optionally unfrozen late, at a low rate),
+         helped by training-only heads (heads.CellHeads, heads.BowHead).
 Stage 3 (experts): the visual FFN is upcycled into experts (model.VisualExperts.upcycle_from); the router and
          experts train, the rest frozen, with a load-balancing loss.
 
 Each stage reads the previous stage's checkpoint (`init`), writes `{out}/stage{n}.pt` (config + weights + the
 stage config + metrics) and logs to `{out}/stage{n}.log`. Everything is seeded; torch runs on one thread.
+train_stage (stages 1-3) is the loop; its parts are validation_sets, training_heads, stage_optimizer, stage_batches,
+step_loss (one step's forward pass and losses), log_step, validate_and_save and finish_stage.
 """
 from __future__ import annotations
 
@@ -76,7 +79,7 @@ DEFAULTS = {
     "bow_coef": 0.0,            # auxiliary bag-of-words loss on pooled visual tokens (images; stage 2)
     "grid_taps": [-1],          # stage 0: taps (indices into cfg.taps) that carry the per-patch label heads
     "cover_coef": 1.0,          # stage 0: weight of the "cover" labels relative to the "cell" labels
-    "motion_coef": 0.0,         # stage 2: weights of the training-only cell heads (CELL_HEADS), labels per grid cell:
+    "motion_coef": 0.0,         # stage 2: weights of the training-only cell heads (heads.CELL_HEADS), labels per cell:
     "order_coef": 0.0,          # motion (clips: the direction of the cell's object), order (clips: its place in the
     "group_coef": 0.0,          # caption), group (images: alone, or first / later member of a group of 2 or 3) and
     "object_coef": 0.0,         # object (images and clips: its shape and color)
