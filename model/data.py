@@ -198,7 +198,7 @@ DIRECTIONS = ["up", "down", "left", "right"]
 
 
 # ----------------------------------------------------------------------------- stage 2's cell labels
-# Training-only heads on the memory tokens of the grid-cell queries (train.CELL_HEADS) learn, per frame and cell, a
+# Training-only heads on the memory tokens of the grid-cell queries (heads.CELL_HEADS) learn, per frame and cell, a
 # label of the object whose centre lies in that cell: labels [n_frames, grid*grid], 0 for an empty cell, -100 for
 # frames past a clip's end (ignored).
 

@@ -3,19 +3,25 @@
     /usr/bin/python3 model/export.py --checkpoint out/evlm/stage3.pt --samples out/evlm-data/test \
         --out fixtures/models/evlm-tiny
 
-Writes manifest.json, one ONNX graph per operator (opset 17), vocab.txt, and reference/ (inputs and PyTorch
-outputs of every graph, and full greedy generations of a few samples) for the TypeScript parity test
-(test/model-package/parity.test.ts, which runs the graphs in onnxruntime-node: Debian has no Python ONNX Runtime).
+Writes manifest.json, one ONNX graph per operator (opset 17; the llava_decoder baseline unless baseline=False), the
+tokenizer file (vocab.txt, or a Hugging Face tokenizer.json for model/build_base.py's evlm-base), and reference/
+(inputs and PyTorch outputs of every graph, and full greedy generations of a few samples) for the TypeScript parity
+test (test/model-package/parity.test.ts, which runs the graphs in onnxruntime-node: Debian has no Python ONNX Runtime).
 
-What this script checks before it writes the package (it exits non-zero otherwise):
+export() runs, in order: graph_modules (the wrappers), sample_inputs, reference_cases (each graph's reference inputs,
+the previous graph's outputs), export_inputs, check_decomposition, check_dynamic_shapes, write_graphs,
+check_weights_load_back, greedy_references, build_manifest. What it checks before the package is complete (it exits non-zero otherwise):
   1. decomposition: the graph wrappers, composed as the TS side composes them (router -> per-token top-k ->
      experts grouped per expert -> combine; xattn_kv; decoder prefill then cached single steps), reproduce the
-     PyTorch model (EVLM.encode + a full, uncached decoder pass) to <= 1e-5;
+     PyTorch model (EVLM.encode + a full, uncached decoder pass) to <= check_tol (1e-5), and give its greedy tokens;
   2. dynamic shapes: each wrapper traced with torch.jit.trace (the tracer torch.onnx.export uses) on one set
-     of sizes reproduces the eager wrapper on other sizes (other B, F, N, T; an empty cache S = 0) to <= 1e-5;
+     of sizes reproduces the eager wrapper on other sizes (other B, F, N, T; an empty cache S = 0) to <= check_tol;
   3. the written ONNX files declare opset 17 and exactly the manifest's input and output names (read from the
-     protobuf), and the package (graphs + vocab + reference) stays under --max-mb.
-ONNX Runtime's numbers themselves are compared by the TypeScript test (<= 1e-4 per graph, identical greedy tokens).
+     protobuf), and the package (graphs + tokenizer + reference) stays under --max-mb;
+  4. the graphs' initializers map back onto exactly the model's weights (onnx_weights.py: how a PyTorch user, such as
+     the benchmark's PyTorch peer, loads the package; it needs pairwise distinct parameters, see there).
+ONNX Runtime's numbers themselves are compared by the TypeScript test (<= the manifest's reference.tolerance per
+graph, identical greedy tokens).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import os
 import shutil
 import sys
 import warnings
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: the machine is shared
@@ -37,6 +44,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import EVLM, NEG_INF, LlavaDecoder, greedy_generate, load_checkpoint  # noqa: E402
 from data import BOS, EOS, PAD, SEP, UNK, Split, Vocab  # noqa: E402
+from onnx_weights import MODEL_GRAPHS, PackageWeightsError, graphs_state_dict, read_onnx  # noqa: E402
 
 OPSET = 17
 FORMAT = "evflow-model/1"
@@ -178,50 +186,9 @@ def check(cond, msg):
 
 
 def read_onnx_io(path):
-    """Minimal protobuf reader: (opsets {domain: version}, input names, output names) of an ONNX model."""
-    def varint(b, i):
-        r = s = 0
-        while True:
-            c = b[i]
-            i += 1
-            r |= (c & 0x7F) << s
-            s += 7
-            if c < 0x80:
-                return r, i
-
-    def fields(b):
-        i = 0
-        while i < len(b):
-            key, i = varint(b, i)
-            f, wt = key >> 3, key & 7
-            if wt == 0:
-                v, i = varint(b, i)
-            elif wt == 2:
-                ln, i = varint(b, i)
-                v = b[i:i + ln]
-                i += ln
-            elif wt == 1:
-                v, i = b[i:i + 8], i + 8
-            elif wt == 5:
-                v, i = b[i:i + 4], i + 4
-            else:
-                raise ValueError(f"wire type {wt}")
-            yield f, v
-
-    data = open(path, "rb").read()
-    opsets, ins, outs, inits = {}, [], [], set()
-    for f, v in fields(data):
-        if f == 8:
-            d = dict(fields(v))
-            opsets[bytes(d.get(1, b"")).decode()] = d.get(2)
-        elif f == 7:
-            for gf, gv in fields(v):
-                if gf in (11, 12):
-                    name = bytes(dict(fields(gv))[1]).decode()
-                    (ins if gf == 11 else outs).append(name)
-                elif gf == 5:
-                    inits.add(bytes(dict(fields(gv)).get(8, b"")).decode())
-    return opsets, [n for n in ins if n not in inits], outs
+    """(opsets {domain: version}, input names, output names) of an ONNX model (onnx_weights.read_onnx)."""
+    m = read_onnx(path, tensors=False)
+    return m.opsets, m.inputs, m.outputs
 
 
 # ----------------------------------------------------------------------------- reference files
@@ -257,7 +224,44 @@ def sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- tokenizers
+
+class WordVocab:
+    """The reference model's word-level vocabulary (data.Vocab, vocab.txt) as the package needs it."""
+
+    file = "vocab.txt"
+    output = "generated tokens up to <eos>, joined with spaces; ' ?' -> '?'"
+
+    def __init__(self, path):
+        self.path = path
+        self.vocab = Vocab(path)
+
+    def __len__(self):
+        return len(self.vocab)
+
+    def encode(self, text):
+        return self.vocab.encode(text)
+
+    def decode(self, ids):
+        return self.vocab.decode(ids)
+
+    def manifest_entry(self):
+        return {"type": "word", "file": self.file, "split_punctuation": ["?"], "lowercase": False, "unknown": "<unk>"}
+
+
+def load_tokenizer(path):
+    """vocab.txt (word level) or a Hugging Face tokenizer.json (byte-level BPE, model/bpe.py)."""
+    if path.endswith(".json"):
+        from bpe import BpeTokenizer
+        return BpeTokenizer.load(path)
+    return WordVocab(path)
+
+
+# ----------------------------------------------------------------------------- the package's pieces
+
+TINY_DESCRIPTION = ("evflow reference model: tiny EVLM/Eve-style VLM (hierarchical ViT taps, per-tap learned queries, "
+                    "visual experts, gated cross-attention decoder) trained on the synthetic scenes.")
+
 
 def build_llava(model: EVLM, seed=0):
     """Baseline of the same size: the trained text decoder's weights (embeddings, self-attention, MLPs) and a
@@ -271,7 +275,18 @@ def build_llava(model: EVLM, seed=0):
     return llava.eval()
 
 
-def sample_inputs(cfg, samples_dir, vocab, n_images=3):
+def graph_modules(model: EVLM, baseline=True):
+    """Graph name -> the module exported as that graph (eval mode); baseline: with the llava_decoder baseline."""
+    graphs = {"vit": VitGraph(model), "resampler": ResamplerGraph(model), "router": RouterGraph(model),
+              "experts": ExpertsGraph(model), "xattn_kv": XattnKvGraph(model), "decoder": DecoderGraph(model)}
+    if baseline:
+        graphs["llava_decoder"] = build_llava(model)
+    for m in graphs.values():
+        m.eval()
+    return graphs
+
+
+def sample_inputs(cfg, samples_dir, tok, n_images=3):
     """Pixels of a few test images and one clip (or seeded random pixels), their questions and truths."""
     g = torch.Generator().manual_seed(0)
     s = cfg.image_size
@@ -295,105 +310,104 @@ def sample_inputs(cfg, samples_dir, vocab, n_images=3):
             "video_id": None}
 
 
-def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name="evlm-tiny", training=None,
-           quiet=False):
-    torch.set_num_threads(1)
-    cfg = model.cfg
-    check(cfg.expert_form in ("evlm", "eve"), f"expert_form {cfg.expert_form!r}: export needs the evlm or eve form")
-    model = model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    vocab = Vocab(vocab_path)
-    check(len(vocab) == cfg.vocab_size, "vocabulary size differs from the model's")
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+def left_pad(prompts, pad):
+    """Token-id lists -> (input_ids [B,T], attention_mask [B,T], position_ids [B,T]), left padded as the TS side pads."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    am = torch.zeros(len(prompts), T, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = torch.tensor(p)
+        am[b, T - len(p):] = 1
+    return ids, am, (am.cumsum(1) - 1).clamp(min=0)
 
-    specs = graph_specs(cfg)
-    graphs = {"vit": VitGraph(model), "resampler": ResamplerGraph(model), "router": RouterGraph(model),
-              "experts": ExpertsGraph(model), "xattn_kv": XattnKvGraph(model), "decoder": DecoderGraph(model),
-              "llava_decoder": build_llava(model)}
-    for m in graphs.values():
-        m.eval()
-    n, H, dh, L, Q, D = cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.n_taps, cfg.n_query, cfg.d_visual
-    gen = torch.Generator().manual_seed(1)
-    smp = sample_inputs(cfg, samples_dir, vocab)
 
-    # --- example inputs (reference cases), from real samples where available ------------------------
-    with torch.no_grad():
-        px = smp["images"][:2]
-        taps = graphs["vit"](px)
-        vtok = graphs["resampler"](taps)
-        tokens = vtok.reshape(-1, D)                                          # N = 2*L*Q
-        e_ids = [0, cfg.n_experts - 1]
-        vid_tok = graphs["resampler"](graphs["vit"](smp["video"][0, :2]))     # 2 frames of the clip
-        refined_img = route_and_combine(graphs["router"], graphs["experts"], tokens, cfg.top_k).view(2, L, Q, D)
-        refined_vid = route_and_combine(graphs["router"], graphs["experts"], vid_tok.reshape(-1, D), cfg.top_k).view(1, 2, L, Q, D)
-        # xattn_kv case: a 2-frame clip and an image padded to 2 frames
-        vt = torch.cat([refined_vid, torch.cat([refined_img[:1, None], torch.zeros(1, 1, L, Q, D)], 1)], 0)  # [2,2,L,Q,D]
-        fmask = torch.tensor([[1, 1], [1, 0]], dtype=torch.long)
-        xk, xv, xm = graphs["xattn_kv"](vt, fmask)
-        # decoder prefill case: left-padded prompts (a caption and a question), S = 0
-        prompts = [[BOS], [BOS] + vocab.encode(smp["questions"][0]) + [SEP]]
-        T = max(len(p) for p in prompts)
-        ids = torch.full((2, T), PAD, dtype=torch.long)
-        am = torch.zeros(2, T, dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, T - len(p):] = torch.tensor(p)
-            am[b, T - len(p):] = 1
-        pos = (am.cumsum(1) - 1).clamp(min=0)
-        empty = torch.zeros(n, 2, H, 0, dh)
-        pre = graphs["decoder"](ids, pos, am, empty, empty, xk, xv, xm)
-        nxt = pre[0][:, -1].argmax(-1, keepdim=True)
-        am2 = torch.cat([am, torch.ones(2, 1, dtype=torch.long)], 1)
-        pos2 = pos[:, -1:] + 1
-        step = graphs["decoder"](nxt, pos2, am2, pre[1], pre[2], xk, xv, xm)
-        # llava prefill (visual tokens + prompt) and one step
-        vis = refined_img[:, -1]  # the last tap's Q tokens (Mv is dynamic; a smaller reference keeps the package small)
-        lam = torch.cat([torch.ones(2, Q, dtype=torch.long), am], 1)
-        lpre = graphs["llava_decoder"](vis, ids, pos, lam, empty, empty)
-        lnxt = lpre[0][:, -1].argmax(-1, keepdim=True)
-        lam2 = torch.cat([lam, torch.ones(2, 1, dtype=torch.long)], 1)
-        lstep = graphs["llava_decoder"](torch.zeros(2, 0, D), lnxt, pos2, lam2, lpre[1], lpre[2])
-
+@torch.no_grad()
+def reference_cases(cfg, graphs, smp, tok):
+    """The reference inputs of every graph, from the samples (each graph's input is the previous graph's output):
+    ({graph: [(case or None, inputs, description)]}, the intermediate tensors check_decomposition compares)."""
+    L, Q, D, n, H, dh = cfg.n_taps, cfg.n_query, cfg.d_visual, cfg.n_layer, cfg.n_head, cfg.head_dim
+    x = SimpleNamespace()
+    x.px = smp["images"][:2]
+    x.taps = graphs["vit"](x.px)
+    x.vtok = graphs["resampler"](x.taps)
+    tokens = x.vtok.reshape(-1, D)                                            # N = 2*L*Q
+    vid_tok = graphs["resampler"](graphs["vit"](smp["video"][0, :2]))         # 2 frames of the clip
+    x.refined_img = route_and_combine(graphs["router"], graphs["experts"], tokens, cfg.top_k).view(2, L, Q, D)
+    refined_vid = route_and_combine(graphs["router"], graphs["experts"], vid_tok.reshape(-1, D), cfg.top_k).view(1, 2, L, Q, D)
+    # xattn_kv case: a 2-frame clip and an image padded to 2 frames
+    vt = torch.cat([refined_vid, torch.cat([x.refined_img[:1, None], torch.zeros(1, 1, L, Q, D)], 1)], 0)  # [2,2,L,Q,D]
+    x.fmask = torch.tensor([[1, 1], [1, 0]], dtype=torch.long)
+    x.xk, x.xv, x.xm = graphs["xattn_kv"](vt, x.fmask)
+    # decoder prefill case: left-padded prompts (a caption and a question), S = 0
+    x.ids, am, x.pos = left_pad([[BOS], [BOS] + tok.encode(smp["questions"][0]) + [SEP]], PAD)
+    x.empty = torch.zeros(n, 2, H, 0, dh)
+    pre = graphs["decoder"](x.ids, x.pos, am, x.empty, x.empty, x.xk, x.xv, x.xm)
+    x.nxt = pre[0][:, -1].argmax(-1, keepdim=True)
+    x.am2 = torch.cat([am, torch.ones(2, 1, dtype=torch.long)], 1)
+    x.pos2 = x.pos[:, -1:] + 1
+    x.step = graphs["decoder"](x.nxt, x.pos2, x.am2, pre[1], pre[2], x.xk, x.xv, x.xm)
     cases = {
-        "vit": [(None, (px,), "two test images")],
-        "resampler": [(None, (taps,), "the taps of vit's reference output")],
+        "vit": [(None, (x.px,), "two test images")],
+        "resampler": [(None, (x.taps,), "the taps of vit's reference output")],
         "router": [(None, (tokens,), "the visual tokens of the two images, flattened: N = 2*L*Q")],
-        "experts": [(f"e{e}", (tokens[:7], torch.tensor(e)), f"seven tokens through expert {e}") for e in e_ids],
-        "xattn_kv": [(None, (vt, fmask), "row 0: two frames of a clip; row 1: an image padded to two frames")],
-        "decoder": [("prefill", (ids, pos, am, empty, empty, xk, xv, xm),
+        "experts": [(f"e{e}", (tokens[:7], torch.tensor(e)), f"seven tokens through expert {e}") for e in (0, cfg.n_experts - 1)],
+        "xattn_kv": [(None, (vt, x.fmask), "row 0: two frames of a clip; row 1: an image padded to two frames")],
+        "decoder": [("prefill", (x.ids, x.pos, am, x.empty, x.empty, x.xk, x.xv, x.xm),
                      "left-padded prompts (caption <bos>; <bos> question <sep>), empty cache S = 0"),
-                    ("step", (nxt, pos2, am2, pre[1], pre[2], xk, xv, xm), "one cached step after the prefill (T = 1)")],
-        "llava_decoder": [("prefill", (vis, ids, pos, lam, empty, empty), "visual tokens + left-padded prompts, S = 0"),
-                          ("step", (torch.zeros(2, 0, D), lnxt, pos2, lam2, lpre[1], lpre[2]),
-                           "one cached step (no visual tokens: Mv = 0)")],
+                    ("step", (x.nxt, x.pos2, x.am2, pre[1], pre[2], x.xk, x.xv, x.xm), "one cached step after the prefill (T = 1)")],
     }
+    if "llava_decoder" in graphs:  # llava prefill (visual tokens + prompt) and one step
+        x.vis = x.refined_img[:, -1]  # the last tap's Q tokens (Mv is dynamic; a smaller reference keeps the package small)
+        x.lam = torch.cat([torch.ones(2, Q, dtype=torch.long), am], 1)
+        lpre = graphs["llava_decoder"](x.vis, x.ids, x.pos, x.lam, x.empty, x.empty)
+        x.lnxt = lpre[0][:, -1].argmax(-1, keepdim=True)
+        x.lam2 = torch.cat([x.lam, torch.ones(2, 1, dtype=torch.long)], 1)
+        x.lstep = graphs["llava_decoder"](torch.zeros(2, 0, D), x.lnxt, x.pos2, x.lam2, lpre[1], lpre[2])
+        cases["llava_decoder"] = [("prefill", (x.vis, x.ids, x.pos, x.lam, x.empty, x.empty), "visual tokens + left-padded prompts, S = 0"),
+                                  ("step", (torch.zeros(2, 0, D), x.lnxt, x.pos2, x.lam2, lpre[1], lpre[2]),
+                                   "one cached step (no visual tokens: Mv = 0)")]
+    return cases, x
 
-    # the inputs the graphs are traced/exported with: every dynamic size distinct and non-zero (S = 3)
+
+def export_inputs(cfg, cases, x, gen):
+    """The inputs the graphs are traced / exported with: every dynamic size distinct and non-zero (S = 3)."""
+    n, H, dh = cfg.n_layer, cfg.n_head, cfg.head_dim
     past3 = torch.randn(n, 2, H, 3, dh, generator=gen)
     am5 = torch.ones(2, 5, dtype=torch.long)
-    export_example = {g: cases[g][0][1] for g in cases}
-    export_example["decoder"] = (ids[:, -2:], torch.tensor([[3, 4], [3, 4]]), am5, past3, past3, xk, xv, xm)
-    export_example["llava_decoder"] = (vis[:, :4], ids[:, -2:], torch.tensor([[3, 4], [3, 4]]),
-                                       torch.ones(2, 3 + 4 + 2, dtype=torch.long), past3, past3)
+    inputs = {g: cases[g][0][1] for g in cases}
+    inputs["decoder"] = (x.ids[:, -2:], torch.tensor([[3, 4], [3, 4]]), am5, past3, past3, x.xk, x.xv, x.xm)
+    if "llava_decoder" in cases:
+        inputs["llava_decoder"] = (x.vis[:, :4], x.ids[:, -2:], torch.tensor([[3, 4], [3, 4]]),
+                                   torch.ones(2, 3 + 4 + 2, dtype=torch.long), past3, past3)
+    return inputs
 
-    # --- check 1: decomposition == the PyTorch model -------------------------------------------------
-    with torch.no_grad():
-        ref_tok, _ = model.experts(vtok)
-        check(max_diff(ref_tok, refined_img) <= 1e-5, f"router/experts composition differs from VisualExperts.forward")
-        # xattn memory of the composed path == EVLM.encode
-        pv = torch.stack([smp["video"][0, :2], torch.cat([px[:1], torch.zeros(1, *px.shape[1:])])])
-        (ek, ev, em), _ = model.encode(pv, fmask)
-        check(max_diff((ek, ev, em), (xk, xv, xm)) <= 1e-5, "xattn_kv of the composed path differs from EVLM.encode")
-        # cached prefill + step == one uncached pass over prompt + next token
-        full = graphs["decoder"](torch.cat([ids, nxt], 1), torch.cat([pos, pos2], 1), am2, empty, empty, xk, xv, xm)
-        d = max_diff(full[0][:, -1], step[0][:, -1])
-        check(d <= 1e-5, f"cached decoder step differs from the uncached pass ({d:.2e})")
-        lfull = graphs["llava_decoder"](vis, torch.cat([ids, lnxt], 1), torch.cat([pos, pos2], 1), lam2, empty, empty)
-        d = max_diff(lfull[0][:, -1], lstep[0][:, -1])
-        check(d <= 1e-5, f"cached llava step differs from the uncached pass ({d:.2e})")
-        say(f"check 1 (decomposition == model): ok")
 
-    # --- check 2: traced graphs generalise over dynamic sizes ---------------------------------------
+@torch.no_grad()
+def check_decomposition(model, graphs, x, smp, tol):
+    """Check 1: the graph wrappers composed as the TS side composes them reproduce the PyTorch model."""
+    ref_tok, _ = model.experts(x.vtok)
+    d = max_diff(ref_tok, x.refined_img)
+    check(d <= tol, f"router/experts composition differs from VisualExperts.forward ({d:.2e})")
+    # xattn memory of the composed path == EVLM.encode
+    pv = torch.stack([smp["video"][0, :2], torch.cat([x.px[:1], torch.zeros(1, *x.px.shape[1:])])])
+    (ek, ev, em), _ = model.encode(pv, x.fmask)
+    d = max_diff((ek, ev, em), (x.xk, x.xv, x.xm))
+    check(d <= tol, f"xattn_kv of the composed path differs from EVLM.encode ({d:.2e})")
+    # cached prefill + step == one uncached pass over prompt + next token
+    full = graphs["decoder"](torch.cat([x.ids, x.nxt], 1), torch.cat([x.pos, x.pos2], 1), x.am2, x.empty, x.empty,
+                             x.xk, x.xv, x.xm)
+    d = max_diff(full[0][:, -1], x.step[0][:, -1])
+    check(d <= tol, f"cached decoder step differs from the uncached pass ({d:.2e})")
+    if "llava_decoder" in graphs:
+        lfull = graphs["llava_decoder"](x.vis, torch.cat([x.ids, x.lnxt], 1), torch.cat([x.pos, x.pos2], 1), x.lam2,
+                                        x.empty, x.empty)
+        d = max_diff(lfull[0][:, -1], x.lstep[0][:, -1])
+        check(d <= tol, f"cached llava step differs from the uncached pass ({d:.2e})")
+
+
+def check_dynamic_shapes(cfg, graphs, cases, inputs, gen, tol):
+    """Check 2: each wrapper traced on the export inputs reproduces the eager wrapper on other sizes."""
+    L, Q, D, n, H, dh = cfg.n_taps, cfg.n_query, cfg.d_visual, cfg.n_layer, cfg.n_head, cfg.head_dim
     other = {
         "vit": (torch.randn(3, 3, cfg.image_size, cfg.image_size, generator=gen),),
         "resampler": (torch.randn(3, L, cfg.n_patches, cfg.vit_dim, generator=gen),),
@@ -404,110 +418,113 @@ def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name
                     torch.ones(3, 4, dtype=torch.long), torch.zeros(n, 3, H, 0, dh), torch.zeros(n, 3, H, 0, dh),
                     torch.randn(3, n, H, 5, dh, generator=gen), torch.randn(3, n, H, 5, dh, generator=gen),
                     torch.zeros(3, 5)),
-        "llava_decoder": (torch.randn(3, 6, D, generator=gen), torch.randint(5, cfg.vocab_size, (3, 2), generator=gen),
-                          torch.tensor([[4, 5]] * 3), torch.ones(3, 4 + 6 + 2, dtype=torch.long),
-                          torch.randn(n, 3, H, 4, dh, generator=gen), torch.randn(n, 3, H, 4, dh, generator=gen)),
     }
+    if "llava_decoder" in graphs:
+        other["llava_decoder"] = (torch.randn(3, 6, D, generator=gen), torch.randint(5, cfg.vocab_size, (3, 2), generator=gen),
+                                  torch.tensor([[4, 5]] * 3), torch.ones(3, 4 + 6 + 2, dtype=torch.long),
+                                  torch.randn(n, 3, H, 4, dh, generator=gen), torch.randn(n, 3, H, 4, dh, generator=gen))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         for g, m in graphs.items():
-            traced = torch.jit.trace(m, export_example[g], check_trace=False)
-            for inputs in [other[g]] + [c[1] for c in cases[g]]:
-                d = max_diff(traced(*inputs), m(*inputs))
-                check(d <= 1e-5, f"{g}: traced graph differs from eager on other sizes ({d:.2e})")
-    say("check 2 (traced == eager on other dynamic sizes, decoder with S = 0): ok")
+            traced = torch.jit.trace(m, inputs[g], check_trace=False)
+            for args in [other[g]] + [c[1] for c in cases[g]]:
+                d = max_diff(traced(*args), m(*args))
+                check(d <= tol, f"{g}: traced graph differs from eager on other sizes ({d:.2e})")
 
-    # --- export ------------------------------------------------------------------------------------------
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    ref_dir = os.path.join(out_dir, "reference")
-    os.makedirs(ref_dir)
-    manifest_graphs = {}
-    reference = {}
+
+def check_weights_load_back(model, out_dir):
+    """Check 4: the ONNX initializers map back onto exactly the model's weights (onnx_weights: how a PyTorch user, the
+    benchmark's PyTorch peer, loads a package)."""
+    try:
+        state = graphs_state_dict({g: os.path.join(out_dir, f"{g}.onnx") for g in MODEL_GRAPHS}, model)
+    except PackageWeightsError as e:
+        raise SystemExit(f"export check failed: the package's weights do not load back: {e}")
+    want = model.state_dict()
+    bad = [k for k in want if not torch.equal(want[k], state[k])]
+    check(not bad, f"the package's initializers differ from the model's weights: {bad[:5]}")
+
+
+def write_graphs(graphs, specs, inputs, cases, out_dir, ref_dir):
+    """Check 3 while writing: each graph's ONNX file (opset, input and output names read back) and its reference
+    cases. Returns (the manifest's graphs, its reference index)."""
+    manifest_graphs, reference = {}, {}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         for g, m in graphs.items():
             ins, outs = specs[g]
             path = os.path.join(out_dir, f"{g}.onnx")
-            torch.onnx.export(m, export_example[g], path, opset_version=OPSET, do_constant_folding=True,
-                              input_names=[x[0] for x in ins], output_names=[x[0] for x in outs],
+            torch.onnx.export(m, inputs[g], path, opset_version=OPSET, do_constant_folding=True,
+                              input_names=[v[0] for v in ins], output_names=[v[0] for v in outs],
                               dynamic_axes=dynamic_axes(specs[g]))
             opsets, in_names, out_names = read_onnx_io(path)
             check(opsets.get("") == OPSET, f"{g}.onnx: opset {opsets}")
-            check(in_names == [x[0] for x in ins], f"{g}.onnx inputs {in_names}")
-            check(out_names == [x[0] for x in outs], f"{g}.onnx outputs {out_names}")
+            check(in_names == [v[0] for v in ins], f"{g}.onnx inputs {in_names}")
+            check(out_names == [v[0] for v in outs], f"{g}.onnx outputs {out_names}")
             manifest_graphs[g] = {
                 "file": f"{g}.onnx",
                 "inputs": [{"name": a, "dtype": t, "shape": s} for a, t, s in ins],
                 "outputs": [{"name": a, "dtype": t, "shape": s} for a, t, s in outs],
                 "sha256": sha256(path), "bytes": os.path.getsize(path)}
             reference[g] = []
-            for case, inputs, note in cases[g]:
-                outputs = m(*inputs)
+            for case, args, note in cases[g]:
+                outputs = m(*args)
                 outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-                reference[g].append(write_case(ref_dir, g, case, [x[0] for x in ins], inputs,
-                                               [x[0] for x in outs], outputs, note))
-    say("check 3 (ONNX opset and input/output names): ok")
+                reference[g].append(write_case(ref_dir, g, case, [v[0] for v in ins], args,
+                                               [v[0] for v in outs], outputs, note))
+    return manifest_graphs, reference
 
-    # --- greedy references: the PyTorch model end to end ------------------------------------------------
-    with torch.no_grad():
-        imgs = smp["images"]
-        fm1 = torch.ones(len(imgs), 1, dtype=torch.long)
-        (gk, gv, gm), _ = model.encode(imgs[:, None], fm1)
-        cap = greedy_generate(model.decoder, gk, gv, gm, [[BOS]] * len(imgs))
-        qprompts = [[BOS] + vocab.encode(q) + [SEP] for q in smp["questions"]]
-        ans = greedy_generate(model.decoder, gk, gv, gm, qprompts)
-        (vk, vv, vm), _ = model.encode(smp["video"], smp["video_mask"])
-        vcap = greedy_generate(model.decoder, vk, vv, vm, [[BOS]])
-        vans = greedy_generate(model.decoder, vk, vv, vm, [[BOS] + vocab.encode(smp["video_question"]) + [SEP]])
-        # the graph composition (what TS runs) must give the same tokens
-        gg = greedy_with_graphs(graphs, imgs[:, None], fm1, [[BOS]] * len(imgs), cfg.top_k)
-        check(gg == cap, "greedy captions through the graph wrappers differ from the model's")
-        gq = greedy_with_graphs(graphs, imgs[:, None], fm1, qprompts, cfg.top_k)
-        check(gq == ans, "greedy answers through the graph wrappers differ from the model's")
-        gvid = greedy_with_graphs(graphs, smp["video"], smp["video_mask"], [[BOS]], cfg.top_k)
-        check(gvid == vcap, "greedy video caption through the graph wrappers differs from the model's")
-    images_ref = write_tensor(ref_dir, "greedy", "images", imgs)
-    video_ref = write_tensor(ref_dir, "greedy", "video", smp["video"])
-    vmask_ref = write_tensor(ref_dir, "greedy", "video_frame_mask", smp["video_mask"])
+
+@torch.no_grad()
+def greedy_references(model, graphs, smp, tok, cfg, ref_dir, max_new_tokens):
+    """Full greedy generations by the PyTorch model (the reference loop, model.greedy_generate), checked against the
+    same loop on the graph wrappers; writes their inputs. Returns (greedy.json's content, the generated ids)."""
+    imgs = smp["images"]
+    fm1 = torch.ones(len(imgs), 1, dtype=torch.long)
+    (gk, gv, gm), _ = model.encode(imgs[:, None], fm1)
+    cap = greedy_generate(model.decoder, gk, gv, gm, [[BOS]] * len(imgs), max_new_tokens)
+    qprompts = [[BOS] + tok.encode(q) + [SEP] for q in smp["questions"]]
+    ans = greedy_generate(model.decoder, gk, gv, gm, qprompts, max_new_tokens)
+    (vk, vv, vm), _ = model.encode(smp["video"], smp["video_mask"])
+    vcap = greedy_generate(model.decoder, vk, vv, vm, [[BOS]], max_new_tokens)
+    vprompt = [BOS] + tok.encode(smp["video_question"]) + [SEP]
+    vans = greedy_generate(model.decoder, vk, vv, vm, [vprompt], max_new_tokens)
+    # the graph composition (what TS runs) must give the same tokens
+    gg = greedy_with_graphs(graphs, imgs[:, None], fm1, [[BOS]] * len(imgs), cfg.top_k, max_new_tokens)
+    check(gg == cap, "greedy captions through the graph wrappers differ from the model's")
+    gq = greedy_with_graphs(graphs, imgs[:, None], fm1, qprompts, cfg.top_k, max_new_tokens)
+    check(gq == ans, "greedy answers through the graph wrappers differ from the model's")
+    gvid = greedy_with_graphs(graphs, smp["video"], smp["video_mask"], [[BOS]], cfg.top_k, max_new_tokens)
+    check(gvid == vcap, "greedy video caption through the graph wrappers differs from the model's")
+    s = cfg.image_size
+    sample = lambda i, task, prompt, ids, truth, **kw: {
+        "image": i, "id": smp["ids"][i] if smp["ids"] else None, "task": task, **kw, "prompt_ids": prompt,
+        "expected_ids": ids, "expected_text": tok.decode(ids), "truth": truth[i] if truth else None}
     greedy = {
-        "description": "Full greedy generation by the PyTorch model (max_new_tokens 32, tokens up to and including "
-                       "<eos>). images: normalised pixel_values [n,3,64,64]; video: [1,F,3,64,64] with frame_mask.",
-        "max_new_tokens": 32,
-        "images": images_ref,
-        "samples": [
-            {"image": i, "id": smp["ids"][i] if smp["ids"] else None, "task": "caption", "prompt_ids": [BOS],
-             "expected_ids": cap[i], "expected_text": vocab.decode(cap[i]),
-             "truth": smp["captions"][i] if smp["captions"] else None}
-            for i in range(len(imgs))] + [
-            {"image": i, "id": smp["ids"][i] if smp["ids"] else None, "task": "vqa", "question": smp["questions"][i],
-             "prompt_ids": qprompts[i], "expected_ids": ans[i], "expected_text": vocab.decode(ans[i]),
-             "truth": smp["answers"][i] if smp["answers"] else None}
-            for i in range(len(imgs))],
-        "video": {"pixel_values": video_ref, "frame_mask": vmask_ref, "id": smp["video_id"], "samples": [
-            {"task": "caption", "prompt_ids": [BOS], "expected_ids": vcap[0], "expected_text": vocab.decode(vcap[0]),
+        "description": f"Full greedy generation by the PyTorch model (max_new_tokens {max_new_tokens}, tokens up to and "
+                       f"including <eos>). images: normalised pixel_values [n,3,{s},{s}]; video: [1,F,3,{s},{s}] with "
+                       "frame_mask.",
+        "max_new_tokens": max_new_tokens,
+        "images": write_tensor(ref_dir, "greedy", "images", imgs),
+        "samples": [sample(i, "caption", [BOS], cap[i], smp["captions"]) for i in range(len(imgs))] + [
+            sample(i, "vqa", qprompts[i], ans[i], smp["answers"], question=smp["questions"][i]) for i in range(len(imgs))],
+        "video": {"pixel_values": write_tensor(ref_dir, "greedy", "video", smp["video"]),
+                  "frame_mask": write_tensor(ref_dir, "greedy", "video_frame_mask", smp["video_mask"]),
+                  "id": smp["video_id"], "samples": [
+            {"task": "caption", "prompt_ids": [BOS], "expected_ids": vcap[0], "expected_text": tok.decode(vcap[0]),
              "truth": smp["video_caption"]},
-            {"task": "vqa", "question": smp["video_question"],
-             "prompt_ids": [BOS] + vocab.encode(smp["video_question"]) + [SEP], "expected_ids": vans[0],
-             "expected_text": vocab.decode(vans[0]), "truth": smp["video_answer"]}]},
+            {"task": "vqa", "question": smp["video_question"], "prompt_ids": vprompt, "expected_ids": vans[0],
+             "expected_text": tok.decode(vans[0]), "truth": smp["video_answer"]}]},
     }
-    json.dump(greedy, open(os.path.join(ref_dir, "greedy.json"), "w"), indent=1)
-    shutil.copy(vocab_path, os.path.join(out_dir, "vocab.txt"))
+    return greedy, {"caption": cap, "answers": ans, "video": vcap[0]}
 
-    # --- manifest ----------------------------------------------------------------------------------------
-    files = {}
-    for root, _, fs in os.walk(out_dir):
-        for f in sorted(fs):
-            p = os.path.join(root, f)
-            rel = os.path.relpath(p, out_dir)
-            if not rel.endswith(".onnx"):
-                files[rel] = {"sha256": sha256(p), "bytes": os.path.getsize(p)}
+
+def build_manifest(cfg, name, description, tok, generation, manifest_graphs, reference, tolerance, files, training):
+    """manifest.json (format evflow-model/1, docs/model.md): everything the TypeScript side knows about the model."""
     eve = cfg.expert_form == "eve"
     manifest = {
         "format": FORMAT,
         "name": name,
-        "description": "evflow reference model: tiny EVLM/Eve-style VLM (hierarchical ViT taps, per-tap learned "
-                       "queries, visual experts, gated cross-attention decoder) trained on the synthetic scenes.",
+        "description": description,
         "dims": {"image_size": cfg.image_size, "patch_size": cfg.patch_size, "vit_dim": cfg.vit_dim,
                  "d_visual": cfg.d_visual, "n_taps": cfg.n_taps, "n_patches": cfg.n_patches, "n_query": cfg.n_query,
                  "n_experts": cfg.n_experts, "top_k": cfg.top_k, "shared_expert": not eve, "d_model": cfg.d_model,
@@ -531,34 +548,89 @@ def export(model: EVLM, out_dir, vocab_path, samples_dir=None, max_mb=25.0, name
                    "padding_frames": "frame_mask 0: their visual_tokens are ignored (masked); pass zeros"},
         "preprocessing": {"size": cfg.image_size, "resize": "fill", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
                           "layout": "NCHW", "channels": "RGB", "scale": "pixel / 255, then (x - mean) / std"},
-        "tokenizer": {"type": "word", "file": "vocab.txt", "split_punctuation": ["?"], "lowercase": False,
-                      "unknown": "<unk>"},
+        "tokenizer": tok.manifest_entry(),
         "special_tokens": {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK, "sep": SEP},
-        "prompts": {"caption": ["<bos>"], "vqa": ["<bos>", "{question}", "<sep>"],
-                    "output": "generated tokens up to <eos>, joined with spaces; ' ?' -> '?'"},
-        "generation": {"max_new_tokens": 32, "strategy": "greedy", "argmax_ties": "lowest id",
-                       "padding": "left (attention_mask 0), position_ids = cumsum(attention_mask) - 1 clamped at 0; "
-                                  "each step: position = last + 1, attention_mask gets a 1"},
+        "prompts": {"caption": ["<bos>"], "vqa": ["<bos>", "{question}", "<sep>"], "output": tok.output},
+        "generation": generation,
         "graphs": manifest_graphs,
-        "baseline": {"graph": "llava_decoder", "weights": "text decoder weights copied from the trained decoder; "
-                     "visual projection seeded random, untrained (no accuracy target)",
-                     "visual_embeds": "refined visual tokens flattened (frame, tap, query): Mv = F*L*Q at prefill, "
-                                      "0 at later steps; attention_mask covers past + visual + text"},
+    }
+    if "llava_decoder" in manifest_graphs:
+        manifest["baseline"] = {"graph": "llava_decoder", "weights": "text decoder weights copied from the trained decoder; "
+                                "visual projection seeded random, untrained (no accuracy target)",
+                                "visual_embeds": "refined visual tokens flattened (frame, tap, query): Mv = F*L*Q at prefill, "
+                                                 "0 at later steps; attention_mask covers past + visual + text"}
+    manifest.update({
         "reference": {"description": "Parity data for test/model-package/parity.test.ts: per graph, JSON indexes "
                                      "{graph, case, inputs: [{name, dtype, dims, file}], outputs: [...]} of raw "
                                      "little-endian tensors written by PyTorch; greedy.json: full greedy generations.",
-                      "graphs": reference, "greedy": "reference/greedy.json", "tolerance": 1e-4},
+                      "graphs": reference, "greedy": "reference/greedy.json", "tolerance": tolerance},
         "files": files,
         "opset": OPSET,
         "config": cfg.to_dict(),
         "training": training or {},
-    }
+    })
+    return manifest
+
+
+GENERATION = {"max_new_tokens": 32, "strategy": "greedy", "argmax_ties": "lowest id",
+              "padding": "left (attention_mask 0), position_ids = cumsum(attention_mask) - 1 clamped at 0; "
+                         "each step: position = last + 1, attention_mask gets a 1"}
+
+
+def export(model: EVLM, out_dir, tokenizer, samples_dir=None, max_mb=25.0, name="evlm-tiny", training=None,
+           quiet=False, description=TINY_DESCRIPTION, baseline=True, generation=None, tolerance=1e-4, check_tol=1e-5):
+    """Writes the package of `model` to out_dir (replacing it) after checks 1-3 (module docstring); returns (manifest,
+    the greedy reference texts). tokenizer: a path (vocab.txt, tokenizer.json) or a loaded one (load_tokenizer);
+    baseline: with the llava_decoder graph; generation: the manifest's generation settings (default GENERATION);
+    tolerance: the ORT parity tolerance recorded for parity.test.ts; check_tol: checks 1 and 2's. max_mb None: no size
+    limit."""
+    torch.set_num_threads(1)
+    cfg = model.cfg
+    check(cfg.expert_form in ("evlm", "eve"), f"expert_form {cfg.expert_form!r}: export needs the evlm or eve form")
+    model = model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    check(len(tok) == cfg.vocab_size, "vocabulary size differs from the model's")
+    generation = generation or GENERATION
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+
+    specs = graph_specs(cfg)
+    graphs = graph_modules(model, baseline)
+    gen = torch.Generator().manual_seed(1)
+    smp = sample_inputs(cfg, samples_dir, tok)
+    cases, x = reference_cases(cfg, graphs, smp, tok)
+    inputs = export_inputs(cfg, cases, x, gen)
+    check_decomposition(model, graphs, x, smp, check_tol)
+    say("check 1 (decomposition == model): ok")
+    check_dynamic_shapes(cfg, graphs, cases, inputs, gen, check_tol)
+    say("check 2 (traced == eager on other dynamic sizes, decoder with S = 0): ok")
+
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    ref_dir = os.path.join(out_dir, "reference")
+    os.makedirs(ref_dir)
+    manifest_graphs, reference = write_graphs(graphs, specs, inputs, cases, out_dir, ref_dir)
+    say("check 3 (ONNX opset and input/output names): ok")
+    check_weights_load_back(model, out_dir)
+    say("check 4 (the graphs' initializers give back the model's weights): ok")
+    greedy, generated = greedy_references(model, graphs, smp, tok, cfg, ref_dir, generation["max_new_tokens"])
+    json.dump(greedy, open(os.path.join(ref_dir, "greedy.json"), "w"), indent=1)
+    shutil.copy(tok.path, os.path.join(out_dir, tok.file))
+
+    files = {}
+    for root, _, fs in os.walk(out_dir):
+        for f in sorted(fs):
+            p = os.path.join(root, f)
+            rel = os.path.relpath(p, out_dir)
+            if not rel.endswith(".onnx"):
+                files[rel] = {"sha256": sha256(p), "bytes": os.path.getsize(p)}
+    manifest = build_manifest(cfg, name, description, tok, generation, manifest_graphs, reference, tolerance, files, training)
     json.dump(manifest, open(os.path.join(out_dir, "manifest.json"), "w"), indent=1)
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out_dir) for f in fs)
-    check(total <= max_mb * 1e6, f"package is {total / 1e6:.1f} MB > {max_mb} MB")
+    check(max_mb is None or total <= max_mb * 1e6, f"package is {total / 1e6:.1f} MB > {max_mb} MB")
     say(f"wrote {out_dir}: {total / 1e6:.2f} MB")
-    return manifest, {"caption": [vocab.decode(c) for c in cap], "answers": [vocab.decode(a) for a in ans],
-                      "video": vocab.decode(vcap[0])}
+    return manifest, {k: [tok.decode(i) for i in v] if k != "video" else tok.decode(v) for k, v in generated.items()}
 
 
 def main():

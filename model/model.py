@@ -1,10 +1,11 @@
-"""evflow reference model: a tiny EVLM / Eve-style vision-language model, in data-flow order.
+"""evflow reference model: an EVLM / Eve-style vision-language model, in data-flow order. EVLMConfig's defaults are
+the tiny trained model shipped in fixtures/models/evlm-tiny; PRESETS name other sizes (evlm-base: docs/model.md).
 
     pixels ─▶ ViT (taps) ─▶ Resampler ─▶ VisualExperts ─▶ CrossMemory ─▶ Decoder (gated x-attn + LM)
 
 Each module below is one graph of the exported package (see export.py and docs/model.md):
 
-    ViT            vit.onnx         pixel_values [B,3,64,64]      -> taps [B,L,P,Dv]
+    ViT            vit.onnx         pixel_values [B,3,s,s]        -> taps [B,L,P,Dv]
     Resampler      resampler.onnx   taps [B,L,P,Dv]               -> visual_tokens [B,L,Q,D]
     VisualExperts  router.onnx      tokens [N,D]                  -> router_logits [N,E], shared_out [N,D]
                    experts.onnx     tokens [n,D], expert_id []    -> expert_out [n,D]
@@ -14,9 +15,9 @@ Each module below is one graph of the exported package (see export.py and docs/m
                                                                   -> logits [B,T,V], present_k/v
     LlavaDecoder   llava_decoder.onnx (baseline: visual tokens prepended to the self-attention sequence)
 
-Every forward is a pure function of its inputs. Shapes: B batch, F frames, L taps, P patches, Q queries per
-tap, D visual width, E experts, H heads, dh head width, M = F*Q memory length per decoder layer, T new
-tokens, S cached tokens, V vocabulary.
+Every forward is a pure function of its inputs. Shapes: B batch, F frames, s image side (64 in evlm-tiny), L taps,
+P patches, Q queries per tap, D visual width, E experts, H heads, dh head width, M = F*Q memory length per decoder
+layer, T new tokens, S cached tokens, V vocabulary.
 """
 from __future__ import annotations
 
@@ -33,15 +34,19 @@ NEG_INF = -1e9  # additive mask value for "do not attend" (finite, so a fully ma
 
 @dataclass
 class EVLMConfig:
+    """The architecture. The defaults are the shipped reference model, fixtures/models/evlm-tiny (built by
+    model/recipe.sh: its stage configs set only what differs per stage, e.g. the dense expert form before
+    stage 3); other variants are the named PRESETS below."""
     # --- image and ViT ---
     image_size: int = 64            # input side in pixels (square; the TS side resizes with fit 'fill')
     patch_size: int = 8             # each visual token covers a patch of this side: P = (64/8)^2 = 64
-    vit_stem: str = "conv"          # "conv": 3 strided convs (early convolutions) down to patch 8; "deep": 5 convs (two at
-                                    # full / half resolution, then 3 strided), learns shapes much faster; "linear": patch embedding
+    vit_stem: str = "deep"          # "deep": 5 convs (two at full / half resolution, then 3 strided) down to patch 8, learns
+                                    # shapes much faster; "conv": 3 strided convs (early convolutions) down to patch 8;
+                                    # "linear": a patch_size x patch_size patch embedding (ViT-B/16)
     vit_dim: int = 128              # Dv, ViT width
     vit_layers: int = 6             # ViT blocks
     vit_heads: int = 4              # ViT attention heads
-    vit_mlp: int = 384              # ViT MLP hidden width
+    vit_mlp: int = 256              # ViT MLP hidden width
     taps: tuple = (2, 4, 6)         # ViT blocks whose outputs are tapped (1-based); L = len(taps)
     # --- resampler (Perceiver-style, one set of learned queries per tap) ---
     n_query: int = 16               # Q learned query tokens per tap
@@ -50,7 +55,7 @@ class EVLMConfig:
     resampler_mlp: int = 256        # resampler MLP hidden width
     resampler_prior: float = 1.0    # sigma (in patches) of the learnable spatial attention bias: the Q queries start
                                     # looking at a sqrt(Q) x sqrt(Q) grid of image regions (0: no bias)
-    resampler_grid: int = 0         # > 0: only the first g*g queries start on a g x g grid (the scenes' 3x3 cells),
+    resampler_grid: int = 3         # > 0: only the first g*g queries start on a g x g grid (the scenes' 3x3 cells),
                                     # the others see the whole image (bias 0); 0: the sqrt(Q) grid
     # --- visual experts (act on visual tokens) ---
     expert_form: str = "evlm"       # "dense": one visual FFN (stages 1-2); "evlm": shared expert + E routed experts, top_k;
@@ -61,7 +66,7 @@ class EVLMConfig:
     expert_hidden: int = 32         # hidden width of one EVLM routed expert (fine-grained: a 1/E slice of the dense FFN)
     # --- video ---
     max_frames: int = 8             # frames per clip the temporal embedding covers
-    memory_mixer: int = 0           # pre-LN self-attention blocks over a clip's memory tokens, per tap, before the
+    memory_mixer: int = 1           # pre-LN self-attention blocks over a clip's memory tokens, per tap, before the
                                     # keys / values (inside xattn_kv): tokens of one frame see each other (groups of
                                     # equal objects) and those of the clip's other valid frames (motion); 0: none
     # --- decoder ---
@@ -105,6 +110,49 @@ class EVLMConfig:
         d["taps"] = list(self.taps)
         d["tap_for_layer"] = list(self.tap_for_layer)
         return d
+
+
+def spread_taps(vit_layers: int, n_taps: int) -> tuple:
+    """The reference model's tapped ViT blocks: n_taps blocks evenly spaced, the last one the last block
+    (6 blocks, 3 taps: (2, 4, 6); 12 blocks, 4 taps: (3, 6, 9, 12))."""
+    return tuple(vit_layers * (i + 1) // n_taps for i in range(n_taps))
+
+
+def taps_by_depth(n_layer: int, n_taps: int) -> tuple:
+    """The reference model's tap for each decoder layer: layer i reads tap min(L-1, ceil(i*L/n)), so shallow layers read
+    shallow taps and the deepest tap feeds the last layers (4 layers, 3 taps: (0, 1, 2, 2); 12 layers, 4 taps:
+    (0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3))."""
+    return tuple(min(n_taps - 1, -(-i * n_taps // n_layer)) for i in range(n_layer))
+
+
+# Named architectures: EVLMConfig field overrides over the defaults (= "evlm-tiny"). preset(name, **fields) builds one.
+PRESETS = {
+    # the shipped reference model, fixtures/models/evlm-tiny (model/recipe.sh)
+    "evlm-tiny": {},
+    # Eve's expert form on the reference model (model/configs/stage3_eve.json): expert 0 the original visual FFN, expert 1
+    # the elastic vision FFN, top-1, no shared expert
+    "evlm-tiny-eve": {"expert_form": "eve", "n_experts": 2, "top_k": 1},
+    # the same architecture at a realistic size (issue #18; ~281 M parameters, random weights, built by model/build_base.py):
+    # ViT-B/16 at 224 px with 4 taps, 64 queries per tap, 8 fine-grained experts (top-2) + the shared expert, a 12-layer
+    # 768-wide decoder with gated cross-attention before every layer, a 32,000-entry byte-level BPE vocabulary. Widths
+    # the reference model sets relative to its own (resampler and visual FFN 2 x, routed experts 1/8 of the visual FFN,
+    # cross-attention FFN 1 x) keep those ratios; ViT and decoder MLPs are ViT-B's and GPT-2's 4 x.
+    "evlm-base": {
+        "image_size": 224, "patch_size": 16, "vit_stem": "linear", "vit_dim": 768, "vit_layers": 12, "vit_heads": 12,
+        "vit_mlp": 3072, "taps": spread_taps(12, 4),
+        "n_query": 64, "d_visual": 768, "resampler_heads": 12, "resampler_mlp": 1536, "resampler_grid": 0,
+        "vis_ffn_hidden": 1536, "n_experts": 8, "top_k": 2, "expert_hidden": 192,
+        "vocab_size": 32000, "d_model": 768, "n_layer": 12, "n_head": 12, "ffn_hidden": 3072, "xattn_ffn_hidden": 768,
+        "tap_for_layer": taps_by_depth(12, 4), "max_text_len": 128,
+    },
+}
+
+
+def preset(name: str, **fields) -> EVLMConfig:
+    """The named architecture (PRESETS), with `fields` overriding some of its values."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (one of {', '.join(PRESETS)})")
+    return EVLMConfig(**{**PRESETS[name], **fields})
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -213,7 +261,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList([Block(d, cfg.vit_heads, cfg.vit_mlp) for _ in range(cfg.vit_layers)])
 
     def forward(self, pixel_values):
-        x = self.stem(pixel_values)                   # [B,Dv,8,8]
+        x = self.stem(pixel_values)                   # [B,Dv,s/p,s/p] (evlm-tiny: 8x8)
         x = self.ln_stem(x.flatten(2).transpose(1, 2)) + self.pos   # [B,P,Dv]
         taps = []
         for i, block in enumerate(self.blocks):
@@ -551,6 +599,25 @@ class Decoder(nn.Module):
 
 # ----------------------------------------------------------------------------- the whole model
 
+# The output projections that get GPT-2's scaled init, per module type: the attention and MLP outputs of the ViT
+# and memory-mixer blocks and of the decoder layers, the resampler's MLP output and the gated cross-attention's
+# attention output. (The resampler's attention output and the cross-attention FFN's output keep the plain init.)
+RESIDUAL_PROJECTIONS = {
+    Block: ("attn.proj", "mlp.proj"),              # ViT blocks; MixerBlock (zeroed afterwards: it starts as the identity)
+    PerceiverLayer: ("mlp.proj",),
+    GatedCrossAttention: ("proj",),
+    DecoderLayer: ("attn.proj", "mlp.proj"),
+}
+
+
+def residual_projections(module: nn.Module):
+    """The weights of `module`'s own residual output projections (RESIDUAL_PROJECTIONS; none for other modules)."""
+    for kind, paths in RESIDUAL_PROJECTIONS.items():
+        if isinstance(module, kind):
+            return [module.get_submodule(path).weight for path in paths]
+    return []
+
+
 class EVLM(nn.Module):
     def __init__(self, cfg: EVLMConfig):
         super().__init__()
@@ -561,8 +628,11 @@ class EVLM(nn.Module):
         self.memory = CrossMemory(cfg)
         self.decoder = Decoder(cfg)
         self.apply(self._init)
-        for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
-            if name.endswith("proj.weight") and ".mlp." in name or name.endswith("attn.proj.weight"):
+        # GPT-2's scaled init of the output projections that write into a residual stream (RESIDUAL_PROJECTIONS), in
+        # parameter order (the order the random draws are taken in)
+        scaled = {id(p) for m in self.modules() for p in residual_projections(m)}
+        for p in self.parameters():
+            if id(p) in scaled:
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
         for m in self.modules():  # memory mixer blocks start as the identity
             if isinstance(m, MixerBlock):
@@ -579,7 +649,7 @@ class EVLM(nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
     def encode_frames(self, pixel_values, taps=None):
-        """pixel_values [N,3,64,64] (images or flattened frames) -> (refined tokens [N,L,Q,D], aux).
+        """pixel_values [N,3,s,s] (images or flattened frames) -> (refined tokens [N,L,Q,D], aux).
         taps: the ViT's output for these frames when already known (training with a frozen ViT caches it)."""
         if taps is None:
             taps = self.vit(pixel_values)                           # [N,L,P,Dv]
@@ -587,7 +657,7 @@ class EVLM(nn.Module):
         return refined, {**aux, "taps": taps}
 
     def encode(self, pixel_values, frame_mask, taps=None):
-        """pixel_values [B,F,3,64,64], frame_mask [B,F] -> cross memory (xattn_k, xattn_v, xattn_mask), aux.
+        """pixel_values [B,F,3,s,s], frame_mask [B,F] -> cross memory (xattn_k, xattn_v, xattn_mask), aux.
 
         Only valid frames go through the vision tower (as the TS side flattens valid frames into the batch);
         taps, if given, are the ViT's taps of those valid frames in that order [N valid,L,P,Dv]."""
@@ -660,13 +730,16 @@ def load_checkpoint(path, **overrides):
 # ----------------------------------------------------------------------------- greedy decoding (the reference loop)
 
 @torch.no_grad()
-def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max_new_tokens=32, eos_id=2, pad_id=0):
+def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max_new_tokens=32, eos_id=2, pad_id=0,
+                    min_new_tokens=0):
     """Greedy decoding with a KV cache, exactly as the TS side runs decoder.onnx.
 
     prompts: list of token-id lists (left padded here). Prefill runs the whole prompt with an empty cache
     (S = 0); each step feeds the last token with position = previous position + 1 and attention_mask extended
     by a 1. Returns per prompt the generated ids up to and including <eos> (or max_new_tokens ids).
-    Argmax ties go to the lowest id."""
+    Argmax ties go to the lowest id. min_new_tokens: while fewer tokens than this have been generated, <eos> is
+    never chosen (its logit counts as -inf), so with min_new_tokens = max_new_tokens every prompt gets exactly
+    max_new_tokens tokens (the manifest's generation.min_new_tokens, for benchmarks of a random-weight model)."""
     B, T = len(prompts), max(len(p) for p in prompts)
     dev = decoder.wte.weight.device
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -677,9 +750,16 @@ def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max
     ids, mask = ids.to(dev), mask.to(dev)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     cfg = decoder.cfg
+
+    def pick(logits, generated):  # [B,V] -> [B]
+        if generated < min_new_tokens:
+            logits = logits.clone()
+            logits[:, eos_id] = float("-inf")
+        return logits.argmax(-1)
+
     past = torch.zeros(cfg.n_layer, B, cfg.n_head, 0, cfg.head_dim, device=dev)
     logits, pk, pv = decoder(ids, pos, mask, past, past, xattn_k, xattn_v, xattn_mask)
-    nxt = logits[:, -1].argmax(-1)
+    nxt = pick(logits[:, -1], 0)
     step_pos = pos[:, -1:] + 1
     out = [[] for _ in range(B)]
     done = [False] * B
@@ -692,6 +772,6 @@ def greedy_generate(decoder: Decoder, xattn_k, xattn_v, xattn_mask, prompts, max
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=dev)], dim=1)
         logits, pk, pv = decoder(nxt[:, None], step_pos, mask, pk, pv, xattn_k, xattn_v, xattn_mask)
-        nxt = logits[:, -1].argmax(-1)
+        nxt = pick(logits[:, -1], step + 1)
         step_pos = step_pos + 1
     return out

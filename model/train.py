@@ -3,17 +3,20 @@
     /usr/bin/python3 model/train.py --config model/configs/stage1.json --data out/evlm-data --out out/evlm
 
 Stage 0 (vision encoder): the stand-in for the papers' pretrained vision encoder (EVA-CLIP), which cannot be
-         downloaded here: the ViT learns, with training-only linear heads on its taps, to label every patch
-         with the (shape, color, size) of the object in its grid cell and of the object covering it (labels
-         from the scene description of the training rows; clip frames included). The heads are not exported.
+         downloaded here: the ViT learns, with training-only linear heads on its taps (heads.PatchHeads), to label
+         every patch with the (shape, color, size) of the object in its grid cell and of the object covering it
+         (labels from the scene description of the training rows; clip frames included). The heads are not exported.
 Stage 1 (text): the decoder learns the language of captions and answers, no image.
 Stage 2 (align + multi-task): ViT, resampler, visual FFN, cross-attention memory and gated cross-attention
-         learn captions, VQA and video with the language model frozen (optionally unfrozen late, at a low rate).
+         learn captions, VQA and video with the language model frozen (optionally unfrozen late, at a low rate),
+         helped by training-only heads (heads.CellHeads, heads.BowHead).
 Stage 3 (experts): the visual FFN is upcycled into experts (model.VisualExperts.upcycle_from); the router and
          experts train, the rest frozen, with a load-balancing loss.
 
 Each stage reads the previous stage's checkpoint (`init`), writes `{out}/stage{n}.pt` (config + weights + the
 stage config + metrics) and logs to `{out}/stage{n}.log`. Everything is seeded; torch runs on one thread.
+train_stage (stages 1-3) is the loop; its parts are validation_sets, training_heads, stage_optimizer, stage_batches,
+step_loss (one step's forward pass and losses), log_step, validate_and_save and finish_stage.
 """
 from __future__ import annotations
 
@@ -36,9 +39,9 @@ import torch.nn.functional as F
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import EVLM, EVLMConfig, VisualExperts, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
-from data import (BOS, COLORS, DIRECTIONS, GROUP_CLASSES, OBJECT_CLASSES, SEP, SHAPES, SIZES, Split, Vocab, cell_directions,
-                  cell_groups, cell_objects, cell_order, pack, patch_labels, segments_for)  # noqa: E402
+from model import EVLM, EVLMConfig, greedy_generate, load_checkpoint, save_checkpoint  # noqa: E402
+from data import BOS, SEP, Split, Vocab, pack, segments_for  # noqa: E402
+from heads import CELL_HEADS, BowHead, CellHeads, PatchHeads, grid_targets  # noqa: E402
 
 DEFAULTS = {
     "stage": 1,
@@ -76,7 +79,7 @@ DEFAULTS = {
     "bow_coef": 0.0,            # auxiliary bag-of-words loss on pooled visual tokens (images; stage 2)
     "grid_taps": [-1],          # stage 0: taps (indices into cfg.taps) that carry the per-patch label heads
     "cover_coef": 1.0,          # stage 0: weight of the "cover" labels relative to the "cell" labels
-    "motion_coef": 0.0,         # stage 2: weights of the training-only cell heads (CELL_HEADS), labels per grid cell:
+    "motion_coef": 0.0,         # stage 2: weights of the training-only cell heads (heads.CELL_HEADS), labels per cell:
     "order_coef": 0.0,          # motion (clips: the direction of the cell's object), order (clips: its place in the
     "group_coef": 0.0,          # caption), group (images: alone, or first / later member of a group of 2 or 3) and
     "object_coef": 0.0,         # object (images and clips: its shape and color)
@@ -262,33 +265,14 @@ class TapsCache:
                 o += nf[j]
             self.done[idx[todo]] = True
         return torch.from_numpy(np.concatenate([self.taps[i, :n] for i, n in zip(idx, nf)]).astype(np.float32)).to(DEV)
-N_CLS = (1 + len(SHAPES), 1 + len(COLORS), 1 + len(SIZES))  # per-patch label classes (0 = empty)
-
-# Stage 2's training-only cell heads: name -> (rows they read: "img" and / or "vid", classes, labels(row, frames, grid)
-# [frames, grid*grid], see data.object_cells); each is on when its config "{name}_coef" is not 0
-CELL_HEADS = {
-    "motion": (("vid",), 1 + len(DIRECTIONS), cell_directions),
-    "order": (("vid",), 3, cell_order),
-    "group": (("img",), GROUP_CLASSES, cell_groups),
-    "object": (("img", "vid"), OBJECT_CLASSES, cell_objects),
-}
-
-
-def grid_targets(split, idx):
-    """Pixels of the rows idx (clips: every valid frame, flattened) and their per-patch labels [N,2,3,P]."""
-    px, fm = split.frames(idx)
-    keep = fm.reshape(-1) > 0
-    labels = [patch_labels(split.rows[i], f) for i in idx for f in range(px.shape[1])]
-    labels = torch.from_numpy(np.stack(labels))[keep]
-    return px.reshape(-1, *px.shape[2:])[keep], labels
 
 
 def pretrain_vision(cfg, args, fh, images, clips, rng, rank, world):
-    """Stage 0: the ViT alone, supervised per patch (see the module docstring). Writes stage0.pt."""
+    """Stage 0: the ViT alone, supervised per patch by heads.PatchHeads (see the module docstring). Writes stage0.pt."""
     model = build_model(cfg, args.out).to(DEV)
     for p in model.parameters():
         p.requires_grad_(False)
-    heads = torch.nn.ModuleList([torch.nn.Linear(model.cfg.vit_dim, 2 * sum(N_CLS)) for _ in cfg["grid_taps"]]).to(DEV)
+    heads = PatchHeads(model.cfg.vit_dim, cfg["grid_taps"]).to(DEV)
     groups = optimizer_groups(model, ["vit"], cfg)
     groups.append({"params": list(heads.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": "heads"})
     opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
@@ -309,19 +293,7 @@ def pretrain_vision(cfg, args, fh, images, clips, rng, rank, world):
             vpx, vlab = grid_targets(clips, vid_b.indices())
             px, lab = torch.cat([px, vpx]), torch.cat([lab, vlab])
         px, lab = px.to(DEV), lab.to(DEV)
-        taps = model.vit(px)                                            # [N,L,P,Dv]
-        loss, acc = 0.0, []
-        for head, t in zip(heads, cfg["grid_taps"]):
-            out = head(taps[:, t]).view(len(px), -1, 2, sum(N_CLS))      # [N,P,2 (cell, cover),classes]
-            o = 0
-            for k, n in enumerate(N_CLS):
-                for j, w in ((0, 1.0), (1, cfg["cover_coef"])):
-                    logits, tgt = out[:, :, j, o:o + n], lab[:, j, k]
-                    loss = loss + w * F.cross_entropy(logits.reshape(-1, n), tgt.reshape(-1), ignore_index=-100)
-                    if j == 0:
-                        obj = tgt > 0
-                        acc.append((logits.argmax(-1) == tgt)[obj].float().mean().item())
-                o += n
+        loss, acc = heads.loss(model.vit(px), lab, cfg["cover_coef"])  # model.vit(px): taps [N,L,P,Dv]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(params, world)
@@ -408,36 +380,13 @@ def run(rank, world, args, cfg, rendezvous):
 def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
     """Stages 1, 2 and 3 (see the module docstring). Writes stage{n}.pt."""
     stage = cfg["stage"]
-    val = {}
-    if rank == 0 and cfg["val_dir"] and cfg["eval_every"]:  # the first process validates
-        vd = os.path.join(args.data, cfg["val_dir"])
-        val["val"] = Split.load(vd, "val", limit=cfg["eval_rows"])
-        if cfg["batch_clips"]:
-            val["val_video"] = Split.load(vd, "video", limit=cfg["eval_rows"] // 2)
-
+    val = validation_sets(cfg, args.data) if rank == 0 else {}  # the first process validates
     model = build_model(cfg, args.out).to(DEV)
     assert model.cfg.vocab_size == len(vocab)
     for p in model.parameters():
         p.requires_grad_(False)
-    # Auxiliary head (training only, not exported): the mean visual token of an image predicts which caption
-    # words occur (multi-hot, BCE). It gives the from-scratch ViT a direct signal that does not pass through the
-    # zero-initialised gates; without it the visual tokens collapse to image-independent vectors.
-    bow = torch.nn.Linear(model.cfg.vit_dim, model.cfg.vocab_size).to(DEV) if cfg["bow_coef"] else None
-    # Cell heads (training only, not exported; CELL_HEADS): linear heads on the memory tokens of the grid-cell
-    # queries, one per tap in cell_taps. They give the memory mixer a direct signal for what captions need and the
-    # caption loss teaches slowly: comparing a clip's frames (motion), its objects' first-frame positions (order)
-    # and an image's objects with each other (group: identical objects are said once, as a group), while each
-    # cell's token keeps what its own object is (object).
-    grid = model.cfg.resampler_grid or int(round(math.sqrt(model.cfg.n_query)))  # see model.spatial_prior
-    cell_heads = {name: torch.nn.ModuleList([torch.nn.Linear(model.cfg.d_visual, n) for _ in cfg["cell_taps"]]).to(DEV)
-                  for name, (_, n, _) in CELL_HEADS.items() if cfg[f"{name}_coef"]}
-    if cell_heads:
-        assert model.cfg.resampler_prior > 0 and model.cfg.memory_mixer, "the cell heads need grid queries and a mixer"
-    groups = [g for name in cfg["train"] for g in optimizer_groups(model, [name], cfg, cfg["lr_mult"].get(name, 1.0))]
-    for name, head in (("bow", bow), *cell_heads.items()):
-        if head is not None:
-            groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": name})
-    opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
+    bow, cells = training_heads(cfg, model)
+    opt = stage_optimizer(cfg, model, bow, cells)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(fh, f"# model {json.dumps(model.cfg.to_dict())}")
     log(fh, f"# params {sum(p.numel() for p in model.parameters())}, trainable {n_train} ({', '.join(cfg['train'])})")
@@ -445,25 +394,16 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
         for name in ("w1", "b1", "w2", "b2"):
             p = getattr(model.experts, name)
             p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:1]), g[1:]]))
-
-    if stage == 1:  # text only: captions and QA of images and clips, as packed rows
-        texts = [r for r in images.rows] + ([r for r in clips.rows] if clips else [])
-        text_split = Split(np.zeros((len(texts), 1), np.uint8), texts, False)
-        img_b = Batches(text_split, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, cfg["loss_on_prompt"], rank, world)
-        vid_b = None
-    else:
-        img_b = Batches(images, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, rank=rank, world=world)
-        vid_b = Batches(clips, vocab, cfg["batch_clips"], 1, rng, rank=rank, world=world) if cfg["batch_clips"] else None
-    broadcast_weights([m for m in (model, bow, *cell_heads.values()) if m is not None], world)
-
+    img_b, vid_b = stage_batches(cfg, images, clips, vocab, rng, rank, world)
+    broadcast_weights([m for m in (model, bow, cells) if m is not None], world)
     unfreeze = cfg["unfreeze"] if isinstance(cfg["unfreeze"], list) else [cfg["unfreeze"]] if cfg["unfreeze"] else []
     trains_vit = "vit" in cfg["train"] or any("vit" in u["groups"] for u in unfreeze)
     caches = {} if stage == 1 or trains_vit else {"img": TapsCache(model, images)}
     if caches and clips is not None:
         caches["vid"] = TapsCache(model, clips)
+
     model.train()
-    t_start = time.time()
-    cpu_start = time.process_time()
+    clock = {"t_start": time.time(), "cpu_start": time.process_time()}
     seen = 0
     expert_counts = None
     pending = sorted(unfreeze, key=lambda u: u["at"])
@@ -476,51 +416,10 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-
-        total, count, parts, aux_loss, extra_loss = 0.0, 0.0, {}, 0.0, 0.0
-        for kind, b in (("img", img_b), ("vid", vid_b)):
-            if b is None:
-                continue
-            idx = b.indices()
-            batch = {k: v.to(DEV) for k, v in b.text(idx).items()}
-            x = model.decoder.embed(batch["input_ids"], batch["position_ids"])
-            if stage == 1:
-                logits, _, _ = model.decoder.run(x, batch["bias"])
-            else:
-                px, fm = b.split.frames(idx)
-                taps = caches[kind].get(idx, px, fm) if caches else None
-                (xk, xv, xm), aux = model.encode(px.to(DEV), fm.to(DEV), taps)
-                logits, _, _ = model.decoder.run(x, batch["bias"], None, None, xk, xv, xm)
-                if bow is not None and kind == "img":
-                    words = torch.zeros(len(idx), model.cfg.vocab_size)
-                    for r, i in enumerate(idx):
-                        words[r, vocab.encode(b.split.rows[i]["caption"])] = 1.0
-                    logit = bow(aux["taps"][:, -1]).max(dim=1).values            # [B,V]: max over patches
-                    bow_loss = F.binary_cross_entropy_with_logits(logit, words.to(DEV))
-                    parts["bow"] = bow_loss.item()
-                    extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
-                for name, heads in cell_heads.items():
-                    if kind not in CELL_HEADS[name][0]:
-                        continue
-                    Fr, Q = fm.shape[1], model.cfg.n_query
-                    tgt = torch.from_numpy(np.stack([CELL_HEADS[name][2](b.split.rows[i], Fr, grid) for i in idx]))
-                    tgt = tgt.to(DEV).flatten()  # [B*F*g*g], the same for every tap's head
-                    head_loss = 0.0
-                    for head, tap in zip(heads, cfg["cell_taps"]):
-                        cells = aux["memory_tokens"][tap].view(len(idx), Fr, Q, -1)[:, :, :grid * grid]  # [B,F,g*g,D]
-                        loss_tap = F.cross_entropy(head(cells).flatten(0, 2), tgt, ignore_index=-100)
-                        head_loss = head_loss + loss_tap / len(heads)
-                    parts[name] = head_loss.item()
-                    extra_loss = extra_loss + cfg[f"{name}_coef"] * head_loss
-                if "lb_loss" in aux:
-                    aux_loss = aux_loss + aux["lb_loss"]
-                    c = aux["expert_counts"]
-                    expert_counts = c if expert_counts is None else expert_counts + c
-            s, n, p = text_loss(logits, batch, cfg)
-            total, count = total + s, count + n
-            parts.update({f"{kind}_{k}": v for k, v in p.items()})
-            seen += len(idx) * world
-        loss = total / count + cfg["lb_coef"] * aux_loss + extra_loss
+        loss, parts, aux_loss, counts, rows = step_loss(cfg, model, bow, cells, vocab, img_b, vid_b, caches)
+        seen += rows * world
+        for c in counts:  # routed slots per expert, of the images then the clips
+            expert_counts = c if expert_counts is None else expert_counts + c
         if step < cfg["gate_push_steps"]:
             # Cross-attention gates start at 0, so the stage starts from the unchanged language model. With a
             # from-scratch vision tower the gates stay trapped at 0 (random cross-attention output only hurts, so
@@ -533,28 +432,122 @@ def train_stage(cfg, args, fh, images, clips, vocab, rng, rank, world):
         average_gradients(params, world)
         gn = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
         opt.step()
-
         if step % 25 == 0 or step == cfg["steps"] - 1:
-            el = time.time() - t_start
-            msg = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()},
-                   "lr": round(lr, 6), "gnorm": round(gn.item(), 3), "rows_per_s": round(seen / el, 1), "elapsed_s": round(el, 1),
-                   "cpu_s": round(time.process_time() - cpu_start, 1)}
-            if aux_loss:
-                msg["lb"] = round(float(aux_loss), 4)
-            if stage > 1:
-                msg["gates"] = [round(float(torch.tanh(l.xattn.attn_gate)), 3) for l in model.decoder.layers]
-            log(fh, json.dumps(msg))
+            log_step(fh, cfg, model, step, loss, parts, aux_loss, lr, gn, seen, clock)
         if cfg["eval_every"] and val and ((step + 1) % cfg["eval_every"] == 0 or step == cfg["steps"] - 1):
-            te, ce = time.time(), time.process_time()
-            res = validate(model, vocab, val, cfg["eval_rows"])
-            log(fh, json.dumps({"step": step + 1, "eval": {k: round(v, 4) for k, v in res.items()}, "eval_s": round(time.time() - te, 1)}))
-            save_checkpoint(os.path.join(args.out, f"stage{stage}.pt"), model, stage=stage, train_config=cfg,
-                            metrics={"partial": True, "step": step + 1, "eval": res})
-            t_start += time.time() - te  # eval (and checkpoint) time is not training time
-            cpu_start += time.process_time() - ce
+            validate_and_save(fh, cfg, args, model, vocab, val, step, clock)
+    finish_stage(fh, cfg, args, model, rank, world, seen, expert_counts, clock)
 
-    metrics = {"train_seconds": round(time.time() - t_start, 1), "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
-               "steps": cfg["steps"], "rows_seen": seen}
+
+def validation_sets(cfg, data_dir):
+    """The validation rows stages 2 and 3 track ("val_dir", "eval_every"): {"val": images, "val_video": clips}."""
+    val = {}
+    if cfg["val_dir"] and cfg["eval_every"]:
+        vd = os.path.join(data_dir, cfg["val_dir"])
+        val["val"] = Split.load(vd, "val", limit=cfg["eval_rows"])
+        if cfg["batch_clips"]:
+            val["val_video"] = Split.load(vd, "video", limit=cfg["eval_rows"] // 2)
+    return val
+
+
+def training_heads(cfg, model):
+    """The stage's training-only heads (model/heads.py), each when its coefficient is set: (BowHead or None,
+    CellHeads or None)."""
+    bow = BowHead(model.cfg.vit_dim, model.cfg.vocab_size).to(DEV) if cfg["bow_coef"] else None
+    names = [name for name in CELL_HEADS if cfg[f"{name}_coef"]]
+    if not names:
+        return bow, None
+    grid = model.cfg.resampler_grid or int(round(math.sqrt(model.cfg.n_query)))  # see model.spatial_prior
+    cells = CellHeads(names, model.cfg.d_visual, cfg["cell_taps"], grid).to(DEV)
+    assert model.cfg.resampler_prior > 0 and model.cfg.memory_mixer, "the cell heads need grid queries and a mixer"
+    return bow, cells
+
+
+def stage_optimizer(cfg, model, bow, cells):
+    """AdamW over the groups in cfg["train"] (at their lr_mult) and the training heads (one group per head, no decay)."""
+    groups = [g for name in cfg["train"] for g in optimizer_groups(model, [name], cfg, cfg["lr_mult"].get(name, 1.0))]
+    heads = ([("bow", bow)] if bow is not None else []) + (list(cells.heads.items()) if cells is not None else [])
+    for name, head in heads:
+        groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lr_mult": 1.0, "name": name})
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"])
+
+
+def stage_batches(cfg, images, clips, vocab, rng, rank, world):
+    """(image batches, clip batches or None). Stage 1 (text only): captions and QA of images and clips, as packed rows."""
+    if cfg["stage"] == 1:
+        texts = [r for r in images.rows] + ([r for r in clips.rows] if clips else [])
+        text_split = Split(np.zeros((len(texts), 1), np.uint8), texts, False)
+        return Batches(text_split, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, cfg["loss_on_prompt"], rank, world), None
+    img_b = Batches(images, vocab, cfg["batch_images"], cfg["qa_per_image"], rng, rank=rank, world=world)
+    vid_b = Batches(clips, vocab, cfg["batch_clips"], 1, rng, rank=rank, world=world) if cfg["batch_clips"] else None
+    return img_b, vid_b
+
+
+def step_loss(cfg, model, bow, cells, vocab, img_b, vid_b, caches):
+    """One step's images and clips through the model -> (loss, parts (per-task losses), the experts' load-balancing
+    loss, the routed slots per expert of the images and of the clips (a list of 0-2 tensors [E]), rows used)."""
+    total, count, parts, aux_loss, extra_loss = 0.0, 0.0, {}, 0.0, 0.0
+    expert_counts, rows = [], 0
+    for kind, b in (("img", img_b), ("vid", vid_b)):
+        if b is None:
+            continue
+        idx = b.indices()
+        batch = {k: v.to(DEV) for k, v in b.text(idx).items()}
+        x = model.decoder.embed(batch["input_ids"], batch["position_ids"])
+        if cfg["stage"] == 1:
+            logits, _, _ = model.decoder.run(x, batch["bias"])
+        else:
+            px, fm = b.split.frames(idx)
+            taps = caches[kind].get(idx, px, fm) if caches else None
+            (xk, xv, xm), aux = model.encode(px.to(DEV), fm.to(DEV), taps)
+            logits, _, _ = model.decoder.run(x, batch["bias"], None, None, xk, xv, xm)
+            if bow is not None and kind == "img":
+                bow_loss = bow.loss(aux["taps"][:, -1], [b.split.rows[i]["caption"] for i in idx], vocab, DEV)
+                parts["bow"] = bow_loss.item()
+                extra_loss = extra_loss + cfg["bow_coef"] * bow_loss
+            if cells is not None:
+                rows_b = [b.split.rows[i] for i in idx]
+                for name, head_loss in cells.losses(kind, rows_b, aux["memory_tokens"], fm.shape[1], model.cfg.n_query, DEV).items():
+                    parts[name] = head_loss.item()
+                    extra_loss = extra_loss + cfg[f"{name}_coef"] * head_loss
+            if "lb_loss" in aux:
+                aux_loss = aux_loss + aux["lb_loss"]
+                expert_counts.append(aux["expert_counts"])
+        s, n, p = text_loss(logits, batch, cfg)
+        total, count = total + s, count + n
+        parts.update({f"{kind}_{k}": v for k, v in p.items()})
+        rows += len(idx)
+    return total / count + cfg["lb_coef"] * aux_loss + extra_loss, parts, aux_loss, expert_counts, rows
+
+
+def log_step(fh, cfg, model, step, loss, parts, aux_loss, lr, gn, seen, clock):
+    el = time.time() - clock["t_start"]
+    msg = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()},
+           "lr": round(lr, 6), "gnorm": round(gn.item(), 3), "rows_per_s": round(seen / el, 1), "elapsed_s": round(el, 1),
+           "cpu_s": round(time.process_time() - clock["cpu_start"], 1)}
+    if aux_loss:
+        msg["lb"] = round(float(aux_loss), 4)
+    if cfg["stage"] > 1:
+        msg["gates"] = [round(float(torch.tanh(l.xattn.attn_gate)), 3) for l in model.decoder.layers]
+    log(fh, json.dumps(msg))
+
+
+def validate_and_save(fh, cfg, args, model, vocab, val, step, clock):
+    """Greedy validation and a partial checkpoint; their time is not counted as training time."""
+    te, ce = time.time(), time.process_time()
+    res = validate(model, vocab, val, cfg["eval_rows"])
+    log(fh, json.dumps({"step": step + 1, "eval": {k: round(v, 4) for k, v in res.items()}, "eval_s": round(time.time() - te, 1)}))
+    save_checkpoint(os.path.join(args.out, f"stage{cfg['stage']}.pt"), model, stage=cfg["stage"], train_config=cfg,
+                    metrics={"partial": True, "step": step + 1, "eval": res})
+    clock["t_start"] += time.time() - te
+    clock["cpu_start"] += time.process_time() - ce
+
+
+def finish_stage(fh, cfg, args, model, rank, world, seen, expert_counts, clock):
+    """The stage's metrics (expert load summed over the processes) and its checkpoint, written by the first process."""
+    stage = cfg["stage"]
+    metrics = {"train_seconds": round(time.time() - clock["t_start"], 1),
+               "train_cpu_seconds": round(time.process_time() - clock["cpu_start"], 1), "steps": cfg["steps"], "rows_seen": seen}
     if expert_counts is not None:
         if world > 1:
             expert_counts = expert_counts.clone()

@@ -255,3 +255,46 @@ def test_cell_objects_label_shape_and_color_in_images_and_clips():
     clip = {"num_frames": 2, "scene": {"width": 90, "height": 90, "objects": [
         {"shape": "circle", "color": "red", "direction": "right", "path": [[10, 10], [40, 10]]}]}}
     assert cell_objects(clip, 3).tolist() == [[1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0, 0], [-100] * 9]
+
+
+def test_the_defaults_are_the_shipped_model_and_presets_vary_them():
+    import json
+    import os
+    from conftest import REPO
+    from model import PRESETS, EVLMConfig, preset, spread_taps, taps_by_depth
+    shipped = json.load(open(os.path.join(REPO, "fixtures", "models", "evlm-tiny", "manifest.json")))["config"]
+    assert EVLMConfig().to_dict() == shipped
+    assert preset("evlm-tiny").to_dict() == shipped
+    assert preset("evlm-tiny-eve").to_dict() == {**shipped, "expert_form": "eve", "n_experts": 2, "top_k": 1}
+    # the base model taps and maps its taps by the reference model's rules
+    assert spread_taps(6, 3) == (2, 4, 6) and taps_by_depth(4, 3) == (0, 1, 2, 2)
+    base = preset("evlm-base")
+    assert base.taps == (3, 6, 9, 12) and base.tap_for_layer == (0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3)
+    assert (base.image_size, base.patch_size, base.vit_dim, base.vit_layers, base.n_query, base.d_model, base.n_layer,
+            base.n_head, base.n_experts, base.top_k, base.vocab_size) == (224, 16, 768, 12, 64, 768, 12, 12, 8, 2, 32000)
+    assert preset("evlm-base", n_layer=2, tap_for_layer=(0, 3)).n_layer == 2
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("evlm-huge")
+    assert set(PRESETS) == {"evlm-tiny", "evlm-tiny-eve", "evlm-base"}
+
+
+def test_residual_projections_get_the_scaled_init_by_module():
+    """The explicit rule (model.RESIDUAL_PROJECTIONS) picks exactly the projections the committed model was initialised
+    with: every block's attention and MLP outputs, the resampler's MLP output and the gated cross-attention's output."""
+    import math
+    from model import EVLMConfig, residual_projections
+    m = EVLM(EVLMConfig())
+    ids = {id(p) for mod in m.modules() for p in residual_projections(mod)}
+    names = sorted(n for n, p in m.named_parameters() if id(p) in ids)
+    expected = sorted(
+        [f"vit.blocks.{i}.{k}.proj.weight" for i in range(6) for k in ("attn", "mlp")]
+        + [f"resampler.layers.{t}.mlp.proj.weight" for t in range(3)]
+        + [f"memory.mixer.{t}.0.{k}.proj.weight" for t in range(3) for k in ("attn", "mlp")]
+        + [f"decoder.layers.{i}.{k}.proj.weight" for i in range(4) for k in ("xattn", "attn", "mlp")])
+    assert names == expected
+    std = 0.02 / math.sqrt(2 * m.cfg.n_layer)
+    for n, p in m.named_parameters():
+        if n in expected and ".mixer." not in n:  # the mixer's projections are zeroed after (it starts as the identity)
+            assert abs(float(p.std()) - std) < 0.25 * std, n
+        elif n.endswith("xattn.ff.proj.weight") or (n.startswith("resampler.layers.") and n.endswith(".proj.weight") and ".mlp." not in n):
+            assert abs(float(p.std()) - 0.02) < 0.25 * 0.02, n

@@ -108,11 +108,10 @@ def test_three_stage_smoke_training_loss_falls(tmp_path):
 
 @pytest.mark.parametrize("form,mixer", [("evlm", 1), ("eve", 0)])
 def test_export_tiny_random_config(tmp_path, form, mixer):
+    from build_base import perturb
     from export import export, read_onnx_io
     torch.manual_seed(0)
-    m = EVLM(tiny(expert_form=form, memory_mixer=mixer))
-    for layer in m.decoder.layers:
-        layer.xattn.attn_gate.data.fill_(0.5)
+    m = perturb(EVLM(tiny(expert_form=form, memory_mixer=mixer)), 0)  # distinct parameters, open gates (export check 4)
     out = tmp_path / "pkg"
     manifest, _ = export(m, str(out), VOCAB, None, name="tiny", quiet=True)
     on_disk = json.loads((out / "manifest.json").read_text())
@@ -179,3 +178,99 @@ def test_freeze_keeps_named_parameters_out_of_the_optimizer():
     mixer = {id(p) for p in m.memory.mixer.parameters()}
     assert mixer and not params & mixer
     assert params == {id(p) for p in m.memory.parameters()} - mixer
+
+
+def test_the_package_weights_load_back_into_pytorch(tmp_path):
+    """onnx_weights: the ONNX initializers of an exported package give back exactly the exported model's weights."""
+    from build_base import perturb
+    from export import export
+    from onnx_weights import PackageWeightsError, check_references, load_package, package_state_dict
+    torch.manual_seed(0)
+    m = perturb(EVLM(tiny(expert_form="evlm", memory_mixer=1)), 0)
+    export(m, str(tmp_path / "pkg"), VOCAB, None, name="tiny", quiet=True)
+    back, manifest = load_package(str(tmp_path / "pkg"))
+    assert back.cfg == m.cfg
+    want, got = m.state_dict(), back.state_dict()
+    assert list(want) == list(got) and all(torch.equal(want[k], got[k]) for k in want)
+    diffs = check_references(back, str(tmp_path / "pkg"))
+    assert set(diffs) == {"vit", "resampler", "router", "experts.e0", "experts.e3", "xattn_kv", "decoder.prefill",
+                          "decoder.step"}
+    assert max(diffs.values()) <= 1e-5, diffs
+    # an unperturbed fresh model has equal parameters (zero biases), which the exporter stores once: export refuses it
+    with pytest.raises(SystemExit, match="do not load back"):
+        export(EVLM(tiny()), str(tmp_path / "fresh"), VOCAB, None, name="tiny", quiet=True)
+    # and a package whose weights belong to another architecture does not load
+    with pytest.raises(PackageWeightsError):
+        package_state_dict(str(tmp_path / "pkg"), tiny(d_model=64))
+
+
+def test_the_committed_package_loads_into_pytorch_and_matches_its_references():
+    from onnx_weights import check_references, load_package
+    pkg = os.path.join(REPO, "fixtures", "models", "evlm-tiny")
+    model, manifest = load_package(pkg)
+    assert model.cfg.to_dict() == manifest["config"]
+    assert sum(p.numel() for p in model.parameters()) == 4_109_992
+    diffs = check_references(model, pkg)
+    assert len(diffs) == 8 and max(diffs.values()) <= 1e-5, diffs
+
+
+def test_build_base_writes_a_bpe_package_with_fixed_length_generation(tmp_path):
+    """model/build_base.py on a small configuration and a small BPE tokenizer: the package, its manifest fields for the
+    runtime, the float32 error check, and the PyTorch model loaded back from it."""
+    from bpe import BpeTokenizer, train_tokenizer
+    from build_base import build
+    from model import greedy_generate
+    from onnx_weights import check_references, load_package
+    docs = [open(os.path.join(REPO, "docs", f), encoding="utf-8").read() for f in sorted(os.listdir(os.path.join(REPO, "docs"))) if f.endswith(".md")]
+    tok = train_tokenizer(docs, 700)
+    tok.save(str(tmp_path / "tok.json"))
+    fields = dict(vit_layers=2, taps=(1, 2), vit_dim=64, vit_heads=2, vit_mlp=128, d_visual=64, resampler_heads=2,
+                  resampler_mlp=128, vis_ffn_hidden=128, expert_hidden=16, n_query=16, d_model=64, n_head=2, n_layer=3,
+                  ffn_hidden=128, xattn_ffn_hidden=64, tap_for_layer=(0, 1, 1), vocab_size=700, image_size=64)
+    out = tmp_path / "evlm-base"
+    manifest = build(str(out), seed=3, tokenizer=str(tmp_path / "tok.json"), fields=fields, say=lambda m: None)
+    assert not (tmp_path / "evlm-base.partial").exists()
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert manifest["name"] == "evlm-base" and "RANDOM weights" in manifest["description"]
+    assert set(manifest["graphs"]) == {"vit", "resampler", "router", "experts", "xattn_kv", "decoder"}  # no baseline
+    assert manifest["tokenizer"] == {"type": "huggingface", "file": "tokenizer.json", "clean_up_tokenization_spaces": False}
+    assert manifest["dims"]["vocab_size"] == 700 and manifest["dims"]["patch_size"] == 16
+    assert manifest["generation"]["min_new_tokens"] == manifest["generation"]["max_new_tokens"] == 32
+    assert set(manifest["reference"]["fp32_error"]) == {"vit", "resampler", "router", "experts.e0", "experts.e7",
+                                                         "xattn_kv", "decoder.prefill", "decoder.step"}
+    assert max(manifest["reference"]["fp32_error"].values()) * 5 <= manifest["reference"]["tolerance"] == 1e-4
+    assert BpeTokenizer.load(str(out / "tokenizer.json")).merges == tok.merges
+    samples = json.loads((out / manifest["reference"]["tokenizer_samples"]).read_text())
+    assert [s["ids"] for s in samples] == [tok.encode(s["text"]) for s in samples]
+    for rel, meta in manifest["files"].items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == meta["sha256"], rel
+    model, _ = load_package(str(out))
+    assert max(check_references(model, str(out)).values()) <= 1e-5
+    # min_new_tokens: <eos> is never chosen before it, so every prompt gets exactly max_new_tokens tokens
+    with torch.no_grad():
+        (k, v, m), _ = model.encode(torch.randn(2, 1, 3, 64, 64), torch.ones(2, 1))
+        eos_bias = torch.zeros(700)
+        eos_bias[2] = 100.0                                    # make <eos> the argmax everywhere
+        model.decoder.ln_f.bias.data += eos_bias @ model.decoder.wte.weight / (model.decoder.wte.weight[2] ** 2).sum()
+        free = greedy_generate(model.decoder, k, v, m, [[1], [1, 7, 4]], max_new_tokens=6)
+        fixed = greedy_generate(model.decoder, k, v, m, [[1], [1, 7, 4]], max_new_tokens=6, min_new_tokens=6)
+    assert [len(x) for x in free] == [1, 1] and free[0] == [2]
+    assert [len(x) for x in fixed] == [6, 6] and all(2 not in x for x in fixed)
+
+
+def test_the_pytorch_peer_runs_from_the_committed_package(tmp_path):
+    """tools/bench/peers/torch_peer.py --package: the benchmark's PyTorch peer needs no training checkpoint."""
+    px = (np.random.default_rng(0).random((5, 64, 64, 3)) * 255).astype(np.uint8)
+    np.save(tmp_path / "px.npy", px)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench", "peers", "torch_peer.py"), "--package",
+                        os.path.join(REPO, "fixtures", "models", "evlm-tiny"), "--pixels", str(tmp_path / "px.npy"),
+                        "--batch", "2", "--max-new-tokens", "4"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["images"] == 5 and 5 <= out["tokens"] <= 20 and out["min_new_tokens"] == 0
+    assert out["reference_max_diff"] <= 1e-5
+    np.save(tmp_path / "wrong.npy", px[:, :32, :32])
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench", "peers", "torch_peer.py"), "--package",
+                        os.path.join(REPO, "fixtures", "models", "evlm-tiny"), "--pixels", str(tmp_path / "wrong.npy")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode != 0 and "uint8 [N,64,64,3]" in r.stderr

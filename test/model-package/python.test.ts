@@ -1,7 +1,8 @@
 /**
  * The reference model's Python tests (model/tests: shapes per stage, zero gates, frame-aware memory,
- * batch-independent routing, a 20-step training smoke test, a tiny export) run from the README's test
- * command. They need Debian's PyTorch (`python3-torch`, `python3-numpy`, `python3-pytest`,
+ * batch-independent routing, the presets and the init rule, a 20-step training smoke test, a tiny export, the
+ * package's weights read back from its ONNX graphs, a small evlm-base build, the PyTorch peer on the committed
+ * package) run from the README's test command. They need Debian's PyTorch (`python3-torch`, `python3-numpy`, `python3-pytest`,
  * `libopenblas0-pthread`) under /usr/bin/python3; skipped, with a notice, where torch does not import.
  */
 import { spawnSync } from 'node:child_process'
@@ -24,10 +25,10 @@ describe.skipIf(!HAVE_TORCH)('model/tests (pytest)', () => {
       cwd: ROOT,
       encoding: 'utf8',
       env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1', OMP_NUM_THREADS: '1' },
-      timeout: 230_000,
+      timeout: 470_000,
     })
     if (r.status !== 0) console.error(r.stdout, r.stderr)
     expect(r.error).toBeUndefined()
     expect(r.status).toBe(0)
-  }, 240_000)
+  }, 480_000)
 })

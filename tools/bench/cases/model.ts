@@ -26,7 +26,8 @@ const NAIVE_IMAGES = 100
 /** Images per PyTorch peer run (throughput, not the whole shard: the case must fit the bench's time). */
 const TORCH_IMAGES = 1_000
 const PYTHON = '/usr/bin/python3'
-const CHECKPOINT = process.env.EVFLOW_BENCH_CHECKPOINT ?? join(ROOT, 'out', 'evlm', 'stage3.pt')
+/** The PyTorch peer reads the package's own weights (model/onnx_weights.py); EVFLOW_BENCH_CHECKPOINT: a training checkpoint instead. */
+const CHECKPOINT = process.env.EVFLOW_BENCH_CHECKPOINT
 
 function requireModel(): void {
   if (!HAVE_MODEL) throw new Error(`no model package at ${MODEL_DIR}`)
@@ -87,7 +88,7 @@ const captionThroughput: BenchCase = {
     // naive script peer: a per-image loop on the main thread
     const naive: { images: number; seconds: number; tokens: number }[] = []
     for (let r = 0; r < reps; r++) {
-      const child = spawnSync(process.execPath, [join(ROOT, 'dist', 'test', 'bench', 'peers', 'naive.js'), shard.file, MODEL_DIR, String(NAIVE_IMAGES), String(pkg.manifest.generation.max_new_tokens)], { encoding: 'utf8' })
+      const child = spawnSync(process.execPath, [join(ROOT, 'dist', 'tools', 'bench', 'peers', 'naive.js'), shard.file, MODEL_DIR, String(NAIVE_IMAGES), String(pkg.manifest.generation.max_new_tokens)], { encoding: 'utf8' })
       if (child.status !== 0) throw new Error(`naive peer failed: ${child.stderr.slice(-1000)}`)
       naive.push(JSON.parse(child.stdout) as (typeof naive)[number])
     }
@@ -99,7 +100,7 @@ const captionThroughput: BenchCase = {
     let torchBest: number | undefined
     const haveTorch = existsSync(PYTHON) && spawnSync(PYTHON, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0
     if (!haveTorch) torchNotes.push('PyTorch peer not run: python3-torch is not installed (`apt-get install python3-torch`).')
-    else if (!existsSync(CHECKPOINT)) torchNotes.push(`PyTorch peer not run: no checkpoint at ${CHECKPOINT.replace(ROOT, '')} (run \`bash model/recipe.sh\`, or set EVFLOW_BENCH_CHECKPOINT).`)
+    else if (CHECKPOINT !== undefined && !existsSync(CHECKPOINT)) torchNotes.push(`PyTorch peer not run: no checkpoint at ${CHECKPOINT} (EVFLOW_BENCH_CHECKPOINT).`)
     else {
       const npy = join(context.inputs.dir, 'pixels.npy')
       writePixelsNpy(npy, decoded.images.slice(0, TORCH_IMAGES))
@@ -107,7 +108,7 @@ const captionThroughput: BenchCase = {
         const samples: number[] = []
         for (let r = 0; r < reps; r++) {
           const env = { ...process.env, OMP_NUM_THREADS: String(threads), ...(threads > 1 ? { OMP_WAIT_POLICY: 'PASSIVE' } : {}) }
-          const child = spawnSync(PYTHON, [join(ROOT, 'test', 'bench', 'peers', 'torch_peer.py'), '--checkpoint', CHECKPOINT, '--pixels', npy, '--threads', String(threads), '--batch', String(BATCH), '--max-new-tokens', String(pkg.manifest.generation.max_new_tokens)], { encoding: 'utf8', env })
+          const child = spawnSync(PYTHON, [join(ROOT, 'tools', 'bench', 'peers', 'torch_peer.py'), ...(CHECKPOINT === undefined ? ['--package', MODEL_DIR] : ['--checkpoint', CHECKPOINT]), '--pixels', npy, '--threads', String(threads), '--batch', String(BATCH), '--max-new-tokens', String(pkg.manifest.generation.max_new_tokens)], { encoding: 'utf8', env })
           if (child.status !== 0) throw new Error(`PyTorch peer failed: ${child.stderr.slice(-1000)}`)
           const out = JSON.parse(child.stdout.trim().split('\n').pop()!) as { images: number; seconds: number }
           samples.push(out.images / out.seconds)
