@@ -1,22 +1,22 @@
 /**
- * Decoding one encoded image into normalised float32 CHW pixels with sharp (libvips, on libuv threads).
- * Pure apart from sharp: no record types here, so the same function serves the operator, the benchmarks
- * and the training-data export.
+ * Decoding one encoded image into normalised float32 CHW pixels with sharp (libvips, on libuv threads), under
+ * budgets: the header is read first and checked against the data present (`headers.ts`), the source's pixels
+ * are counted against a `PixelBudget` while the decoder runs, and each image has a time limit. Pure apart
+ * from sharp: no record types here, so the same function serves the operator, the benchmarks and the
+ * training-data export.
  */
 import { createHash } from 'node:crypto'
 import sharp, { type Metadata } from 'sharp'
 
-import { ImageDecodeError, PipelineConfigError, type ImageDecodeReason } from '../errors.js'
+import { ImageDecodeError, PipelineConfigError } from '../errors.js'
 import type { ImageInfo } from '../records.js'
+import type { PixelBudget } from './budget.js'
+import { ChildDecoder } from './child-decoder.js'
+import { isTruncated, readImageHeader, sniffFormat } from './headers.js'
+import { rgbPixels, type PipelineOptions, type ResizeMode } from './pipeline.js'
 
-/**
- * How the image is fitted to `width × height`:
- * - `cover`: scale to cover the box, centre-crop the overflow (CLIP-style);
- * - `contain`: scale to fit inside, centred, the rest filled with `background` (letterbox);
- * - `pad`: scale to fit inside, anchored top-left, the rest filled with `background`;
- * - `fill`: stretch to the box, ignoring the aspect ratio.
- */
-export type ResizeMode = 'cover' | 'contain' | 'pad' | 'fill'
+export type { ResizeMode } from './pipeline.js'
+export { isTruncated, sniffFormat } from './headers.js'
 
 export interface ImageDecodeOptions {
   /** Output width in pixels. */
@@ -35,6 +35,8 @@ export interface ImageDecodeOptions {
   maxPixels: number
   /** Largest accepted encoded size in bytes. */
   maxBytes: number
+  /** Longest one image may take to decode, in ms (reading its header and decoding it, each); 0: no limit. */
+  timeoutMs: number
   /** Compute the sha256 of the encoded bytes (for `scan`). */
   hash: boolean
 }
@@ -48,6 +50,7 @@ export const DEFAULT_IMAGE_DECODE: Readonly<ImageDecodeOptions> = Object.freeze(
   std: [0.5, 0.5, 0.5] as const,
   maxPixels: 64_000_000,
   maxBytes: 64 * 1024 * 1024,
+  timeoutMs: 10_000,
   hash: false,
 })
 
@@ -79,25 +82,79 @@ export function validateImageDecodeOptions(options: ImageDecodeOptions, prefix =
   if (options.std.some((s) => s === 0)) throw new PipelineConfigError(field('std'), 'must not contain 0')
   if (!(options.maxPixels >= 1)) throw new PipelineConfigError(field('maxPixels'), `must be >= 1, got ${options.maxPixels}`)
   if (!(options.maxBytes >= 1)) throw new PipelineConfigError(field('maxBytes'), `must be >= 1, got ${options.maxBytes}`)
+  if (!(options.timeoutMs >= 0) || !Number.isFinite(options.timeoutMs)) {
+    throw new PipelineConfigError(field('timeoutMs'), `must be a finite number >= 0 (0: no limit), got ${options.timeoutMs}`)
+  }
+}
+
+/**
+ * libvips' operation cache keeps recent operations alive, and with them the decoder state they hold — for a
+ * progressive JPEG the whole frame's coefficients, allocated by libjpeg where the cache's memory limit does
+ * not see them. Eight 64-megapixel progressive JPEGs decoded one after the other peaked at 1,371 MB with the
+ * cache and 264 MB without it (and ran faster without). Decoded bytes are never the same twice in a
+ * dataset, so the cache has nothing to give here; it is turned off (process-wide: sharp has no per-call
+ * switch) on the first decode.
+ */
+let cacheOff = false
+
+/** The child process that renders SVG, started on the first SVG and killed when one runs past its limit. */
+let svgDecoder: ChildDecoder | undefined
+
+/**
+ * Resolves with `work`, or rejects with `ImageDecodeError('timeout')` after `ms` (0: never). The work itself
+ * goes on: whoever holds resources for it releases them when it settles, not when the timer fires.
+ */
+function withinTime<T>(work: Promise<T>, ms: number): Promise<T> {
+  if (ms <= 0) return work
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new ImageDecodeError('timeout', `decoding did not finish within ${ms} ms`)), ms)
+    work.then(
+      (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      },
+      (error: unknown) => {
+        clearTimeout(timer)
+        reject(error)
+      },
+    )
+  })
 }
 
 /**
  * Decodes `bytes` (any format sharp reads: JPEG, PNG, WebP, GIF, TIFF, AVIF, HEIF, SVG), applies the EXIF
  * orientation, takes the first frame of animations, converts to 8-bit sRGB (greyscale, CMYK and 16-bit
- * included), flattens alpha onto `background`, resizes and normalises to float32 CHW.
+ * included), flattens alpha onto `background`, resizes to uint8 RGB.
+ *
+ * Before anything is allocated from the header: a JPEG whose scans, or a PNG whose IDAT, cannot fill the
+ * dimensions its header claims is `truncated`; more than `maxPixels` is `too-many-pixels`. While the decoder
+ * runs, the source's `width × height` is held in `budget` (when given). Reading the header and decoding each
+ * have `timeoutMs`; SVG is rendered in a child process that is killed at the limit (librsvg cannot be
+ * interrupted otherwise).
  * Throws `ImageDecodeError` with a reason code.
  */
-export async function decodeImage(bytes: Uint8Array | null, options: ImageDecodeOptions): Promise<DecodedPixels> {
+export async function decodeImage(bytes: Uint8Array | null, options: ImageDecodeOptions, budget?: PixelBudget): Promise<DecodedPixels> {
   if (bytes === null) throw new ImageDecodeError('missing', 'the image cell is null')
   if (bytes.byteLength === 0) throw new ImageDecodeError('empty', 'the image has 0 bytes')
   if (bytes.byteLength > options.maxBytes) {
     throw new ImageDecodeError('too-many-bytes', `${bytes.byteLength} bytes exceeds maxBytes ${options.maxBytes}`)
   }
+  const header = readImageHeader(bytes)
+  if (header?.refused) throw new ImageDecodeError('corrupt', header.refused)
+  if (header && header.width * header.height > options.maxPixels) {
+    throw new ImageDecodeError('too-many-pixels', `${header.width}x${header.height} exceeds maxPixels ${options.maxPixels}`)
+  }
+  if (header?.shortfall) throw new ImageDecodeError('truncated', header.shortfall)
+  if (!cacheOff) {
+    sharp.cache(false)
+    cacheOff = true
+  }
   const input = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   let meta: Metadata
   try {
-    meta = await sharp(input, { limitInputPixels: false, pages: 1 }).metadata()
+    meta = await withinTime(sharp(input, { limitInputPixels: false, pages: 1 }).metadata(), options.timeoutMs)
   } catch (cause) {
+    if (cause instanceof ImageDecodeError) throw cause
     throw classify(cause, bytes)
   }
   const width = meta.autoOrient?.width ?? meta.width ?? 0
@@ -106,26 +163,33 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     throw new ImageDecodeError('too-many-pixels', `${width}x${height} exceeds maxPixels ${options.maxPixels}`)
   }
   const { width: outW, height: outH } = options
-  const background = { r: options.background[0], g: options.background[1], b: options.background[2] }
-  let raw: Buffer
+  const pipeline: PipelineOptions = {
+    width: outW,
+    height: outH,
+    resize: options.resize,
+    background: options.background,
+    maxPixels: options.maxPixels,
+    timeoutSeconds: Math.ceil(options.timeoutMs / 1000),
+  }
+  const release = budget ? await budget.acquire(width * height) : () => {}
+  let raw: Uint8Array
+  const started = performance.now()
   try {
-    let image = sharp(input, { limitInputPixels: options.maxPixels, pages: 1, failOn: 'error' })
-      .autoOrient()
-      .toColourspace('srgb')
-      .flatten({ background })
-    if (options.resize === 'fill') {
-      image = image.resize(outW, outH, { fit: 'fill' })
-    } else if (options.resize === 'cover') {
-      image = image.resize(outW, outH, { fit: 'cover', position: 'centre' })
+    if (meta.format === 'svg') {
+      svgDecoder ??= new ChildDecoder()
+      const work = svgDecoder.decode(bytes, pipeline, options.timeoutMs)
+      work.then(release, release)
+      raw = await work
     } else {
-      image = image.resize(outW, outH, {
-        fit: 'contain',
-        position: options.resize === 'pad' ? 'left top' : 'centre',
-        background,
-      })
+      const work = rgbPixels(input, pipeline)
+      work.then(release, release)
+      raw = await withinTime(work, options.timeoutMs)
     }
-    raw = await image.removeAlpha().raw({ depth: 'uchar' }).toBuffer()
   } catch (cause) {
+    if (cause instanceof ImageDecodeError) throw cause
+    if (options.timeoutMs > 0 && performance.now() - started >= options.timeoutMs) {
+      throw new ImageDecodeError('timeout', `decoding did not finish within ${options.timeoutMs} ms`, { cause })
+    }
     throw classify(cause, bytes, meta.format)
   }
   if (raw.byteLength !== outW * outH * 3) {
@@ -225,40 +289,4 @@ export function classify(cause: unknown, bytes: Uint8Array, format?: string): Im
     return new ImageDecodeError('truncated', `${name} data ends before its end marker (${bytes.byteLength} bytes)`, { cause })
   }
   return new ImageDecodeError('corrupt', `cannot decode the ${name} data (${bytes.byteLength} bytes)`, { cause })
-}
-
-/** The format from magic numbers, for the formats whose truncation we can detect. */
-export function sniffFormat(bytes: Uint8Array): string | undefined {
-  const b = bytes
-  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg'
-  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return 'png'
-  if (b.length >= 6 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46) return 'gif'
-  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45) return 'webp'
-  return undefined
-}
-
-/** Whether encoded data stops before the format's end marker. */
-export function isTruncated(bytes: Uint8Array, format: string): boolean {
-  const tail = bytes.subarray(Math.max(0, bytes.length - 64))
-  const has = (...marker: number[]) => {
-    for (let i = tail.length - marker.length; i >= 0; i--) {
-      if (marker.every((m, j) => tail[i + j] === m)) return true
-    }
-    return false
-  }
-  switch (format) {
-    case 'jpeg':
-      return !has(0xff, 0xd9)
-    case 'png':
-      return !has(0x49, 0x45, 0x4e, 0x44) // IEND
-    case 'gif':
-      return bytes[bytes.length - 1] !== 0x3b
-    case 'webp': {
-      if (bytes.length < 8) return true
-      const size = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(4, true)
-      return bytes.length < size + 8
-    }
-    default:
-      return false
-  }
 }
