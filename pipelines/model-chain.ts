@@ -11,13 +11,13 @@ import { z } from 'zod'
 import { batchRecords } from '../operators/batch-records.js'
 import { crossAttend } from '../operators/cross-attend.js'
 import { decodeText, type DecodeTextOptions } from '../operators/decode-text.js'
-import { decodeImages } from '../operators/decode-images.js'
+import { DEFAULT_MAX_PIXELS_IN_FLIGHT, decodeImages } from '../operators/decode-images.js'
 import { extractVitFeatures } from '../operators/extract-vit-features.js'
 import { resampleTokens } from '../operators/resample-tokens.js'
 import { routeToExperts } from '../operators/route-to-experts.js'
 import type { SourceRecord, StageContext, PipelineFlag } from './definition.js'
 import { ModelManifestError } from '../src/errors.js'
-import type { ResizeMode } from '../src/image/decode.js'
+import { DEFAULT_IMAGE_DECODE, type ResizeMode } from '../src/image/decode.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/vision-language-model.js'
 import type { CrossMemory, DecodedImage, ErrorRecord, GeneratedText, ShardNotice, VisualTokens, VitFeatures } from '../src/records.js'
 
@@ -42,6 +42,10 @@ export const modelConfigShape = {
   maxPixels: z.number().int().min(1),
   /** Largest accepted encoded size in bytes. */
   maxBytes: z.number().int().min(1),
+  /** Most source pixels being decoded at once. */
+  maxPixelsInFlight: z.number().int().min(1),
+  /** Longest one image may take to decode, in ms (0: no limit). */
+  decodeTimeoutMs: z.number().int().min(0),
 }
 
 export type ModelConfig = z.infer<z.ZodObject<typeof modelConfigShape>>
@@ -60,11 +64,13 @@ export function modelDefaults(): ModelConfig {
     concurrency: 2 * availableParallelism(),
     maxPixels: 64_000_000,
     maxBytes: 64 * 1024 * 1024,
+    maxPixelsInFlight: DEFAULT_MAX_PIXELS_IN_FLIGHT,
+    decodeTimeoutMs: DEFAULT_IMAGE_DECODE.timeoutMs,
   }
 }
 
 /** Config keys that change speed, not output. The model's path is one: its content is in `identity`. */
-export const MODEL_PERFORMANCE_KEYS = ['model', 'batchSize', 'maxWaitMs', 'workers', 'threads', 'provider', 'strictProvider', 'concurrency', 'slots', 'continuous'] as const
+export const MODEL_PERFORMANCE_KEYS = ['model', 'batchSize', 'maxWaitMs', 'workers', 'threads', 'provider', 'strictProvider', 'concurrency', 'maxPixelsInFlight', 'decodeTimeoutMs', 'slots', 'continuous'] as const
 
 export const int = (text: string): number => Number.parseInt(text, 10)
 
@@ -78,6 +84,8 @@ export const modelFlags: readonly PipelineFlag[] = [
   { flags: '--concurrency <n>', description: 'images decoded at once (default: twice the cores)', key: 'concurrency', parse: int },
   { flags: '--max-pixels <n>', description: 'reject images with more pixels (default 64000000)', key: 'maxPixels', parse: int },
   { flags: '--max-bytes <n>', description: 'reject images larger than this (default 64 MiB)', key: 'maxBytes', parse: int },
+  { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once (default 100000000)', key: 'maxPixelsInFlight', parse: int },
+  { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit (default 10000)', key: 'decodeTimeoutMs', parse: int },
 ]
 
 export const generationShape = {
@@ -148,6 +156,8 @@ export function visionStages(
       std: pre.std,
       maxPixels: config.maxPixels,
       maxBytes: config.maxBytes,
+      maxPixelsInFlight: config.maxPixelsInFlight,
+      timeoutMs: config.decodeTimeoutMs,
       concurrency: config.concurrency,
       metrics,
     }),

@@ -2,7 +2,8 @@ import { availableParallelism } from 'node:os'
 import { pipe } from 'rxjs'
 import { z } from 'zod'
 
-import { decodeImages } from '../operators/decode-images.js'
+import { DEFAULT_MAX_PIXELS_IN_FLIGHT, decodeImages } from '../operators/decode-images.js'
+import { DEFAULT_IMAGE_DECODE } from '../src/image/decode.js'
 import type { PipelineDefinition } from './definition.js'
 import type { DecodedImage } from '../src/records.js'
 
@@ -15,6 +16,10 @@ export const scanConfigSchema = z.strictObject({
   maxBytes: z.number().int().min(1),
   /** Images decoded at once. */
   concurrency: z.number().int().min(1).max(256),
+  /** Most source pixels being decoded at once. */
+  maxPixelsInFlight: z.number().int().min(1),
+  /** Longest one image may take to decode, in ms (0: no limit). */
+  decodeTimeoutMs: z.number().int().min(0),
 })
 
 export type ScanConfig = z.infer<typeof scanConfigSchema>
@@ -24,6 +29,8 @@ export const scanDefaults: ScanConfig = Object.freeze({
   maxPixels: 64_000_000,
   maxBytes: 64 * 1024 * 1024,
   concurrency: 2 * availableParallelism(),
+  maxPixelsInFlight: DEFAULT_MAX_PIXELS_IN_FLIGHT,
+  decodeTimeoutMs: DEFAULT_IMAGE_DECODE.timeoutMs,
 })
 
 const int = (text: string) => Number.parseInt(text, 10)
@@ -43,8 +50,10 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
     { flags: '--max-pixels <n>', description: `reject images with more pixels (default ${scanDefaults.maxPixels})`, key: 'maxPixels', parse: int },
     { flags: '--max-bytes <n>', description: `reject images larger than this (default ${scanDefaults.maxBytes})`, key: 'maxBytes', parse: int },
     { flags: '--concurrency <n>', description: 'images decoded at once (default: twice the cores)', key: 'concurrency', parse: int },
+    { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once (default 100000000)', key: 'maxPixelsInFlight', parse: int },
+    { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit (default 10000)', key: 'decodeTimeoutMs', parse: int },
   ],
-  performanceKeys: ['concurrency'],
+  performanceKeys: ['concurrency', 'maxPixelsInFlight', 'decodeTimeoutMs'],
   read: () => ({ requireImage: true }),
   stages: (config, { metrics }) =>
     pipe(
@@ -54,6 +63,8 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
         maxBytes: config.maxBytes,
         hash: true,
         concurrency: config.concurrency,
+        maxPixelsInFlight: config.maxPixelsInFlight,
+        timeoutMs: config.decodeTimeoutMs,
         metrics,
       }),
     ),
