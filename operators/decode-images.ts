@@ -37,6 +37,11 @@ export interface DecodeImagesOptions {
   maxPixelsInFlight?: number
   /** Longest one image may take to decode, in ms; 0: no limit. Default 10,000. */
   timeoutMs?: number
+  /**
+   * `auto`: small baseline JPEGs (≤ 131,072 pixels, `fill` to at most half their size) take a faster decoder
+   * (`@napi-rs/image`), everything else sharp; `sharp`: sharp for everything. Default `auto`.
+   */
+  decoder?: 'auto' | 'sharp'
   /** Compute each image's sha256 (in `info.sha256`). Default false. */
   hash?: boolean
   /** Images decoded at once (sharp works on libuv threads). Default: twice the number of cores (measured best). */
@@ -65,6 +70,7 @@ export function resolveDecodeOptions(options: DecodeImagesOptions = {}): ImageDe
     maxPixels: options.maxPixels ?? DEFAULT_IMAGE_DECODE.maxPixels,
     maxBytes: options.maxBytes ?? DEFAULT_IMAGE_DECODE.maxBytes,
     timeoutMs: options.timeoutMs ?? DEFAULT_IMAGE_DECODE.timeoutMs,
+    decoder: options.decoder ?? DEFAULT_IMAGE_DECODE.decoder,
     hash: options.hash ?? false,
   }
   validateImageDecodeOptions(resolved)

@@ -46,6 +46,8 @@ export const modelConfigShape = {
   maxPixelsInFlight: z.number().int().min(1),
   /** Longest one image may take to decode, in ms (0: no limit). */
   decodeTimeoutMs: z.number().int().min(0),
+  /** `auto` (small baseline JPEGs take the fast decoder) or `sharp` (sharp for every image). */
+  decoder: z.enum(['auto', 'sharp']),
 }
 
 export type ModelConfig = z.infer<z.ZodObject<typeof modelConfigShape>>
@@ -66,6 +68,7 @@ export function modelDefaults(): ModelConfig {
     maxBytes: 64 * 1024 * 1024,
     maxPixelsInFlight: DEFAULT_MAX_PIXELS_IN_FLIGHT,
     decodeTimeoutMs: DEFAULT_IMAGE_DECODE.timeoutMs,
+    decoder: DEFAULT_IMAGE_DECODE.decoder,
   }
 }
 
@@ -86,6 +89,7 @@ export const modelFlags: readonly PipelineFlag[] = [
   { flags: '--max-bytes <n>', description: 'reject images larger than this (default 64 MiB)', key: 'maxBytes', parse: int },
   { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once (default 100000000)', key: 'maxPixelsInFlight', parse: int },
   { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit (default 10000)', key: 'decodeTimeoutMs', parse: int },
+  { flags: '--decoder <name>', description: 'auto (small JPEGs take the fast decoder) or sharp (default auto)', key: 'decoder' },
 ]
 
 export const generationShape = {
@@ -158,6 +162,7 @@ export function visionStages(
       maxBytes: config.maxBytes,
       maxPixelsInFlight: config.maxPixelsInFlight,
       timeoutMs: config.decodeTimeoutMs,
+      decoder: config.decoder,
       concurrency: config.concurrency,
       metrics,
     }),

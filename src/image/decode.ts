@@ -12,7 +12,8 @@ import { ImageDecodeError, PipelineConfigError } from '../errors.js'
 import type { ImageInfo } from '../records.js'
 import type { PixelBudget } from './budget.js'
 import { ChildDecoder } from './child-decoder.js'
-import { isTruncated, readImageHeader, sniffFormat } from './headers.js'
+import { decodeJpegFast, fastJpegEligible } from './fast-jpeg.js'
+import { isTruncated, readImageHeader, sniffFormat, type JpegHeader } from './headers.js'
 import { rgbPixels, type PipelineOptions, type ResizeMode } from './pipeline.js'
 
 export type { ResizeMode } from './pipeline.js'
@@ -37,6 +38,11 @@ export interface ImageDecodeOptions {
   maxBytes: number
   /** Longest one image may take to decode, in ms (reading its header and decoding it, each); 0: no limit. */
   timeoutMs: number
+  /**
+   * `auto`: small baseline JPEGs take the fast path (`fast-jpeg.ts`), everything else sharp; `sharp`: sharp
+   * for everything (the pixels the reference model was trained on).
+   */
+  decoder: 'auto' | 'sharp'
   /** Compute the sha256 of the encoded bytes (for `scan`). */
   hash: boolean
 }
@@ -51,6 +57,7 @@ export const DEFAULT_IMAGE_DECODE: Readonly<ImageDecodeOptions> = Object.freeze(
   maxPixels: 64_000_000,
   maxBytes: 64 * 1024 * 1024,
   timeoutMs: 10_000,
+  decoder: 'auto',
   hash: false,
 })
 
@@ -82,6 +89,9 @@ export function validateImageDecodeOptions(options: ImageDecodeOptions, prefix =
   if (options.std.some((s) => s === 0)) throw new PipelineConfigError(field('std'), 'must not contain 0')
   if (!(options.maxPixels >= 1)) throw new PipelineConfigError(field('maxPixels'), `must be >= 1, got ${options.maxPixels}`)
   if (!(options.maxBytes >= 1)) throw new PipelineConfigError(field('maxBytes'), `must be >= 1, got ${options.maxBytes}`)
+  if (options.decoder !== 'auto' && options.decoder !== 'sharp') {
+    throw new PipelineConfigError(field('decoder'), `must be auto or sharp, got ${String(options.decoder)}`)
+  }
   if (!(options.timeoutMs >= 0) || !Number.isFinite(options.timeoutMs)) {
     throw new PipelineConfigError(field('timeoutMs'), `must be a finite number >= 0 (0: no limit), got ${options.timeoutMs}`)
   }
@@ -145,6 +155,10 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     throw new ImageDecodeError('too-many-pixels', `${header.width}x${header.height} exceeds maxPixels ${options.maxPixels}`)
   }
   if (header?.shortfall) throw new ImageDecodeError('truncated', header.shortfall)
+  if (options.decoder === 'auto' && header?.format === 'jpeg' && fastJpegEligible(header as JpegHeader, options.resize, options.width, options.height)) {
+    const fast = await decodeFast(bytes, header as JpegHeader, options, budget)
+    if (fast) return fast
+  }
   if (!cacheOff) {
     sharp.cache(false)
     cacheOff = true
@@ -205,6 +219,34 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     sha256: options.hash ? createHash('sha256').update(bytes).digest('hex') : '',
   }
   return { info, pixels: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength), width: outW, height: outH }
+}
+
+/**
+ * The fast path under the same budgets; undefined when its decoder rejects the data (sharp then decides,
+ * so an image's outcome does not depend on the path). Info comes from the header, which for these JPEGs
+ * says what sharp's metadata says (no rotation, 1 or 3 channels, 8 bits).
+ */
+async function decodeFast(bytes: Uint8Array, header: JpegHeader, options: ImageDecodeOptions, budget: PixelBudget | undefined): Promise<DecodedPixels | undefined> {
+  const release = budget ? await budget.acquire(header.width * header.height) : () => {}
+  const work = decodeJpegFast(bytes, options.width, options.height)
+  work.then(release, release)
+  let pixels: Uint8Array
+  try {
+    pixels = await withinTime(work, options.timeoutMs)
+  } catch (error) {
+    if (error instanceof ImageDecodeError) throw error
+    return undefined
+  }
+  const info: ImageInfo = {
+    width: header.width,
+    height: header.height,
+    format: 'jpeg',
+    channels: header.components.length,
+    bitDepth: 8,
+    bytes: bytes.byteLength,
+    sha256: options.hash ? createHash('sha256').update(bytes).digest('hex') : '',
+  }
+  return { info, pixels, width: options.width, height: options.height }
 }
 
 /**

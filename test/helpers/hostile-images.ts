@@ -44,7 +44,7 @@ export async function flat(format: 'jpeg' | 'png', width: number, height: number
 
 /** A noisy (photo-like entropy) image: what a cut leaves is still plenty of data for its size. */
 export async function noisy(format: 'jpeg' | 'png' | 'webp', side: number): Promise<Buffer> {
-  const image = sharp({ create: { width: side, height: side, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
+  const image = sharp({ create: { width: side, height: side, channels: 3, background: { r: 0, g: 0, b: 0 }, noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
   return image[format]().toBuffer()
 }
 
