@@ -36,6 +36,8 @@ export const PHOTO_ROOTS: readonly { dir: string; pkg: string }[] = [
 ]
 export const PHOTO_PACKAGES = PHOTO_ROOTS.map((r) => r.pkg)
 const MIN_SOURCES = 20
+/** Bumped when the mixed set's recipe changes (its cached folder is then rebuilt). */
+const MIXED_VERSION = 2
 const ROWS_PER_SHARD = 100
 export const DEFAULT_PHOTO_DIR = process.env.EVFLOW_PHOTOS ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'evflow', 'photos')
 
@@ -124,13 +126,21 @@ async function encode(image: Sharp, format: PhotoFormat, random: () => number): 
   return image.webp({ quality: 75 + Math.floor(random() * 16) }).toBuffer()
 }
 
-/** Row `u` of the `mixed` set: 0.3-12 MP, log-uniform, clipped to the crop (never upscaled). */
+/**
+ * Row `u` of the `mixed` set: a size drawn log-uniform in 0.3-12 MP first, then a source and crop that can
+ * give it without upscaling (a few draws; a source too small for every draw gives its largest crop).
+ */
 async function mixedPhoto(sources: readonly Source[], seed: number, u: number): Promise<Photo> {
   const random = rng(seed * 1_000_003 + u)
-  const source = sources[Math.floor(random() * sources.length)]
-  const region = crop(source, random)
   const megapixels = Math.exp(Math.log(0.3) + random() * (Math.log(12) - Math.log(0.3)))
-  const scale = Math.min(1, Math.sqrt((megapixels * 1e6) / (region.width * region.height)))
+  const target = megapixels * 1e6
+  const candidates = sources.filter((s) => s.width * s.height >= target)
+  const pool = candidates.length > 0 ? candidates : [sources.reduce((a, b) => (a.width * a.height >= b.width * b.height ? a : b))]
+  const source = pool[Math.floor(random() * pool.length)]
+  let region = crop(source, random)
+  for (let attempt = 0; attempt < 8 && region.width * region.height < target; attempt++) region = crop(source, random)
+  if (region.width * region.height < target) region = { left: 0, top: 0, width: source.width, height: source.height }
+  const scale = Math.min(1, Math.sqrt(target / (region.width * region.height)))
   const width = Math.max(1, Math.round(region.width * scale))
   const height = Math.max(1, Math.round(region.height * scale))
   const pick = random()
@@ -212,7 +222,7 @@ export async function buildPhotoSets(options: PhotoSetsOptions = {}): Promise<Ph
   const sets: Record<string, string> = {}
   for (const name of names) {
     const count = name === 'mixed' ? rows : sizedRows
-    const dir = join(out, `${name}-${count}-${fingerprint}`)
+    const dir = join(out, `${name}${name === 'mixed' ? `-v${MIXED_VERSION}` : ''}-${count}-${fingerprint}`)
     sets[name] = dir
     if (existsSync(join(dir, 'complete.json'))) continue
     rmSync(dir, { recursive: true, force: true })
