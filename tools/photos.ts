@@ -60,8 +60,8 @@ interface Source {
   readonly height: number
 }
 
-/** JPEG, PNG and WebP files under the wallpaper folders that sharp can read, in path order. */
-export async function findPhotos(): Promise<Source[]> {
+/** JPEG, PNG and WebP files under `roots` (default: the wallpaper folders) that sharp can read, in path order. */
+export async function findPhotos(roots: readonly { dir: string; pkg: string }[] = PHOTO_ROOTS): Promise<Source[]> {
   const found: Source[] = []
   const walk = (dir: string, pkg: string): void => {
     if (!existsSync(dir)) return
@@ -71,7 +71,7 @@ export async function findPhotos(): Promise<Source[]> {
       else if (entry.isFile() && /\.(jpe?g|png|webp)$/i.test(entry.name)) found.push({ path, pkg, width: 0, height: 0 })
     }
   }
-  for (const root of PHOTO_ROOTS) walk(root.dir, root.pkg)
+  for (const root of roots) walk(root.dir, root.pkg)
   const sources: Source[] = []
   for (const s of found) {
     try {
@@ -188,6 +188,8 @@ export interface PhotoSetsOptions {
   readonly sets?: readonly string[]
   /** Install the wallpaper packages when missing (root and apt-get only). Default true. */
   readonly install?: boolean
+  /** Folders to take photos from (default: the wallpaper packages' folders). */
+  readonly roots?: readonly { dir: string; pkg: string }[]
   readonly log?: (message: string) => void
 }
 
@@ -207,9 +209,9 @@ export async function buildPhotoSets(options: PhotoSetsOptions = {}): Promise<Ph
   const sizedRows = options.sizedRows ?? 500
   const names = options.sets ?? ALL_SETS
   for (const name of names) if (!ALL_SETS.includes(name)) throw new Error(`unknown set ${name} (sets: ${ALL_SETS.join(', ')})`)
-  let sources = await findPhotos()
+  let sources = await findPhotos(options.roots)
   if (sources.length < MIN_SOURCES) {
-    if (options.install === false || !installPhotoPackages(log)) {
+    if (options.roots || options.install === false || !installPhotoPackages(log)) {
       throw new PhotosMissingError(`found ${sources.length} photos; install them with: apt-get install ${PHOTO_PACKAGES.join(' ')}`)
     }
     sources = await findPhotos()
