@@ -38,8 +38,8 @@ export interface DecodeImagesOptions {
   /** Longest one image may take to decode, in ms; 0: no limit. Default 10,000. */
   timeoutMs?: number
   /**
-   * `auto`: small baseline JPEGs (≤ 131,072 pixels, `fill` to at most half their size) take a faster decoder
-   * (`@napi-rs/image`), everything else sharp; `sharp`: sharp for everything. Default `auto`.
+   * `auto`: small baseline JPEGs and plain 8-bit PNGs (≤ 131,072 pixels, `fill` to at most half their size)
+   * take a faster decoder (`@napi-rs/image`), everything else sharp; `sharp`: sharp for everything. Default `auto`.
    */
   decoder?: 'auto' | 'sharp'
   /** Compute each image's sha256 (in `info.sha256`). Default false. */

@@ -46,7 +46,7 @@ export const modelConfigShape = {
   maxPixelsInFlight: z.number().int().min(1),
   /** Longest one image may take to decode, in ms (0: no limit). */
   decodeTimeoutMs: z.number().int().min(0),
-  /** `auto` (small baseline JPEGs take the fast decoder) or `sharp` (sharp for every image). */
+  /** `auto` (small baseline JPEGs and plain PNGs take the fast decoder) or `sharp` (sharp for every image). */
   decoder: z.enum(['auto', 'sharp']),
 }
 
@@ -89,7 +89,7 @@ export const modelFlags: readonly PipelineFlag[] = [
   { flags: '--max-bytes <n>', description: 'reject images larger than this (default 64 MiB)', key: 'maxBytes', parse: int },
   { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once (default 100000000)', key: 'maxPixelsInFlight', parse: int },
   { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit (default 10000)', key: 'decodeTimeoutMs', parse: int },
-  { flags: '--decoder <name>', description: 'auto (small JPEGs take the fast decoder) or sharp (default auto)', key: 'decoder' },
+  { flags: '--decoder <name>', description: 'auto (small JPEGs and PNGs take the fast decoder) or sharp (default auto)', key: 'decoder' },
 ]
 
 export const generationShape = {

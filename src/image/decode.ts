@@ -12,8 +12,8 @@ import { ImageDecodeError, PipelineConfigError } from '../errors.js'
 import type { ImageInfo } from '../records.js'
 import type { PixelBudget } from './budget.js'
 import { ChildDecoder } from './child-decoder.js'
-import { decodeJpegFast, fastJpegEligible } from './fast-jpeg.js'
-import { isTruncated, readImageHeader, sniffFormat, type JpegHeader } from './headers.js'
+import { decodeFastRgb, fastChannels, fastEligible } from './fast-decode.js'
+import { isTruncated, readImageHeader, sniffFormat, type ImageHeader } from './headers.js'
 import { rgbPixels, type PipelineOptions, type ResizeMode } from './pipeline.js'
 
 export type { ResizeMode } from './pipeline.js'
@@ -39,8 +39,8 @@ export interface ImageDecodeOptions {
   /** Longest one image may take to decode, in ms (reading its header and decoding it, each); 0: no limit. */
   timeoutMs: number
   /**
-   * `auto`: small baseline JPEGs take the fast path (`fast-jpeg.ts`), everything else sharp; `sharp`: sharp
-   * for everything (the pixels the reference model was trained on).
+   * `auto`: small baseline JPEGs and plain 8-bit PNGs take the fast path (`fast-decode.ts`), everything else
+   * sharp; `sharp`: sharp for everything (the pixels the reference model was trained on).
    */
   decoder: 'auto' | 'sharp'
   /** Compute the sha256 of the encoded bytes (for `scan`). */
@@ -155,8 +155,8 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     throw new ImageDecodeError('too-many-pixels', `${header.width}x${header.height} exceeds maxPixels ${options.maxPixels}`)
   }
   if (header?.shortfall) throw new ImageDecodeError('truncated', header.shortfall)
-  if (options.decoder === 'auto' && header?.format === 'jpeg' && fastJpegEligible(header as JpegHeader, options.resize, options.width, options.height)) {
-    const fast = await decodeFast(bytes, header as JpegHeader, options, budget)
+  if (options.decoder === 'auto' && header && fastEligible(header, options.resize, options.width, options.height)) {
+    const fast = await decodeFast(bytes, header, options, budget)
     if (fast) return fast
   }
   if (!cacheOff) {
@@ -223,12 +223,12 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
 
 /**
  * The fast path under the same budgets; undefined when its decoder rejects the data (sharp then decides,
- * so an image's outcome does not depend on the path). Info comes from the header, which for these JPEGs
+ * so an image's outcome does not depend on the path). Info comes from the header, which for these files
  * says what sharp's metadata says (no rotation, 1 or 3 channels, 8 bits).
  */
-async function decodeFast(bytes: Uint8Array, header: JpegHeader, options: ImageDecodeOptions, budget: PixelBudget | undefined): Promise<DecodedPixels | undefined> {
+async function decodeFast(bytes: Uint8Array, header: ImageHeader, options: ImageDecodeOptions, budget: PixelBudget | undefined): Promise<DecodedPixels | undefined> {
   const release = budget ? await budget.acquire(header.width * header.height) : () => {}
-  const work = decodeJpegFast(bytes, options.width, options.height)
+  const work = decodeFastRgb(bytes, options.width, options.height)
   work.then(release, release)
   let pixels: Uint8Array
   try {
@@ -240,8 +240,8 @@ async function decodeFast(bytes: Uint8Array, header: JpegHeader, options: ImageD
   const info: ImageInfo = {
     width: header.width,
     height: header.height,
-    format: 'jpeg',
-    channels: header.components.length,
+    format: header.format,
+    channels: fastChannels(header),
     bitDepth: 8,
     bytes: bytes.byteLength,
     sha256: options.hash ? createHash('sha256').update(bytes).digest('hex') : '',

@@ -57,6 +57,20 @@ export interface JpegHeader extends ImageHeader {
   readonly complete: boolean
 }
 
+/** PNG facts the fast decoder needs to know whether it may take the file (see `pngHeader`). */
+export interface PngHeader extends ImageHeader {
+  readonly format: 'png'
+  /** IHDR bit depth and colour type (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA). */
+  readonly depth: number
+  readonly colorType: number
+  /** A tRNS chunk (transparency for grey, RGB or palette images). */
+  readonly transparency: boolean
+  /** An iCCP chunk (embedded ICC profile). */
+  readonly icc: boolean
+  /** The file has its IEND chunk. */
+  readonly complete: boolean
+}
+
 /** The format from magic numbers, for the formats whose headers are read here (and SVG, by its text). */
 export function sniffFormat(bytes: Uint8Array): string | undefined {
   const b = bytes
@@ -68,7 +82,7 @@ export function sniffFormat(bytes: Uint8Array): string | undefined {
 }
 
 /** Reads the header of a JPEG, PNG, WebP or GIF; undefined for other formats or a header too short to read. */
-export function readImageHeader(bytes: Uint8Array): ImageHeader | JpegHeader | undefined {
+export function readImageHeader(bytes: Uint8Array): ImageHeader | JpegHeader | PngHeader | undefined {
   switch (sniffFormat(bytes)) {
     case 'jpeg':
       return jpegHeader(bytes)
@@ -241,25 +255,35 @@ const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }
  * depth / 8` bytes once inflated, and deflate cannot expand more than about 1032:1, so IDAT chunks holding
  * fewer than 1/1032 of that cannot fill the image.
  */
-export function pngHeader(b: Uint8Array): ImageHeader | undefined {
+export function pngHeader(b: Uint8Array): PngHeader | undefined {
   if (b.length < 33 || !ascii(b, 12, 'IHDR')) return undefined
   const width = u32(b, 16)
   const height = u32(b, 20)
   const depth = b[24]
-  const channels = PNG_CHANNELS[b[25]] ?? 1
+  const colorType = b[25]
+  const channels = PNG_CHANNELS[colorType] ?? 1
   let idat = 0
+  let transparency = false
+  let icc = false
+  let complete = false
   let pos = 8
   while (pos + 8 <= b.length) {
     const length = u32(b, pos)
     if (ascii(b, pos + 4, 'IDAT')) idat += Math.min(length, b.length - pos - 8)
-    if (ascii(b, pos + 4, 'IEND')) break
+    else if (ascii(b, pos + 4, 'tRNS')) transparency = true
+    else if (ascii(b, pos + 4, 'iCCP')) icc = true
+    else if (ascii(b, pos + 4, 'IEND')) {
+      complete = true
+      break
+    }
     pos += 12 + length
   }
+  const header: PngHeader = { format: 'png', width, height, depth, colorType, transparency, icc, complete }
   const rawBytes = Math.ceil((width * height * channels * depth) / 8)
   if (idat * MAX_DEFLATE_RATIO < rawBytes) {
-    return { format: 'png', width, height, shortfall: `png image data ends before its header's ${width}x${height} are filled (${idat} bytes of IDAT cannot inflate to ${rawBytes})` }
+    return { ...header, shortfall: `png image data ends before its header's ${width}x${height} are filled (${idat} bytes of IDAT cannot inflate to ${rawBytes})` }
   }
-  return { format: 'png', width, height }
+  return header
 }
 
 /** Canvas size of a WebP (VP8X), or the frame size of a simple lossy (VP8) or lossless (VP8L) file. */
