@@ -75,6 +75,22 @@ describe('fast decode path', () => {
     }
   })
 
+  it("takes a JPEG's info from its header exactly as sharp's metadata reports it", async () => {
+    const jpegs = [
+      await img.jpeg(120, 80, 1),
+      await img.rotatedJpeg(120, 60, 2),
+      await img.cmykJpeg(40, 30, 3),
+      await sharp(await img.greyPng(50, 40, 4)).jpeg().toBuffer(),
+      await sharp(await img.jpeg(300, 200, 5)).jpeg({ progressive: true }).toBuffer(),
+      ...(await Promise.all([1, 2, 3, 4, 5, 7, 8].map(async (orientation) => sharp(await img.jpeg(90, 50, orientation)).jpeg().withMetadata({ orientation }).toBuffer()))),
+    ]
+    for (const bytes of jpegs) {
+      const meta = await sharp(bytes).metadata()
+      const { info } = await decodeImage(bytes, { ...at64, decoder: 'sharp' })
+      expect(info).toMatchObject({ width: meta.autoOrient.width, height: meta.autoOrient.height, format: 'jpeg', channels: meta.channels, bitDepth: 8 })
+    }
+  })
+
   it('gives the same outcome as sharp on 400 mutated JPEGs and 200 mutated PNGs, and on lying and cut ones', async () => {
     const random = img.rng(7)
     const outcome = (bytes: Uint8Array, decoder: 'auto' | 'sharp') =>
