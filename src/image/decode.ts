@@ -1,9 +1,9 @@
 /**
- * Decoding one encoded image into normalised float32 CHW pixels with sharp (libvips, on libuv threads), under
- * budgets: the header is read first and checked against the data present (`headers.ts`), the source's pixels
- * are counted against a `PixelBudget` while the decoder runs, and each image has a time limit. Pure apart
- * from sharp: no record types here, so the same function serves the operator, the benchmarks and the
- * training-data export.
+ * Decoding one encoded image into resized uint8 RGB pixels — with sharp (libvips, on libuv threads), or for
+ * small JPEGs and PNGs the fast path (`fast-decode.ts`) — under budgets: the header is read first and
+ * checked against the data present (`headers.ts`), the source's pixels are counted against a `PixelBudget`
+ * while the decoder runs, and each image has a time limit. No record types here, so the same function serves
+ * the operator, the benchmarks and the training-data export.
  */
 import { createHash } from 'node:crypto'
 import sharp, { type Metadata } from 'sharp'
