@@ -6,6 +6,7 @@
  * the operator, the benchmarks and the training-data export.
  */
 import { createHash } from 'node:crypto'
+import { createInflate, constants as zlibConstants } from 'node:zlib'
 import sharp, { type Metadata } from 'sharp'
 
 import { ImageDecodeError, PipelineConfigError } from '../errors.js'
@@ -13,7 +14,7 @@ import type { ImageInfo } from '../records.js'
 import type { PixelBudget } from './budget.js'
 import { ChildDecoder } from './child-decoder.js'
 import { decodeFastRgb, fastChannels, fastEligible } from './fast-decode.js'
-import { isTruncated, readImageHeader, sniffFormat, type ImageHeader, type JpegHeader } from './headers.js'
+import { isTruncated, pngIdat, pngRawBytes, readImageHeader, sniffFormat, type ImageHeader, type JpegHeader, type PngHeader } from './headers.js'
 import { rgbPixels, type PipelineOptions, type ResizeMode } from './pipeline.js'
 
 export type { ResizeMode } from './pipeline.js'
@@ -198,6 +199,10 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     if (options.timeoutMs > 0 && performance.now() - started >= options.timeoutMs) {
       throw new ImageDecodeError('timeout', `decoding did not finish within ${options.timeoutMs} ms`, { cause })
     }
+    if (header?.format === 'png') {
+      const short = await pngShortfall(bytes, header as PngHeader)
+      if (short) throw new ImageDecodeError('truncated', short, { cause })
+    }
     throw classify(cause, bytes, meta.format)
   }
   if (raw.byteLength !== outW * outH * 3) {
@@ -213,6 +218,39 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     sha256: options.hash ? createHash('sha256').update(bytes).digest('hex') : '',
   }
   return { info, pixels: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength), width: outW, height: outH }
+}
+
+/**
+ * For a PNG the decoder rejected: whether its zlib stream ends, valid as far as it goes, before the rows its
+ * IHDR claims are filled (inflated and counted, nothing kept: bounded by the claimed size). A sentence for
+ * the error row, or undefined when the data was long enough or invalid (the PNG is corrupt).
+ */
+async function pngShortfall(bytes: Uint8Array, header: PngHeader): Promise<string | undefined> {
+  const interlaced = bytes[28] === 1
+  const needed = pngRawBytes(header.width, header.height, header.depth, header.colorType, interlaced)
+  let inflated = 0
+  let invalid = false
+  await new Promise<void>((resolve) => {
+    const inflate = createInflate({ finishFlush: zlibConstants.Z_SYNC_FLUSH })
+    const done = () => {
+      inflate.removeAllListeners()
+      inflate.on('error', () => {})
+      inflate.destroy()
+      resolve()
+    }
+    inflate.on('data', (chunk: Buffer) => {
+      inflated += chunk.length
+      if (inflated >= needed) done()
+    })
+    inflate.on('end', done)
+    inflate.on('error', () => {
+      invalid = true
+      done()
+    })
+    inflate.end(pngIdat(bytes))
+  })
+  // A stream that is invalid (not merely short) is corrupt, however much it gave before failing.
+  return !invalid && inflated < needed ? `png image data ends before its header's ${header.width}x${header.height} are filled (${inflated} of ${needed} bytes)` : undefined
 }
 
 type SourceFacts = Pick<Metadata, 'format' | 'channels' | 'depth'> & { displayed: [number, number] }

@@ -286,6 +286,36 @@ export function pngHeader(b: Uint8Array): PngHeader | undefined {
   return header
 }
 
+/** Bytes the inflated IDAT stream of a PNG must hold: every row of every (Adam7) pass with its filter byte. */
+export function pngRawBytes(width: number, height: number, depth: number, colorType: number, interlaced: boolean): number {
+  const bitsPerPixel = (PNG_CHANNELS[colorType] ?? 1) * depth
+  const rows = (w: number, h: number) => (w === 0 || h === 0 ? 0 : h * (1 + Math.ceil((w * bitsPerPixel) / 8)))
+  if (!interlaced) return rows(width, height)
+  const passes = [
+    [0, 0, 8, 8],
+    [4, 0, 8, 8],
+    [0, 4, 4, 8],
+    [2, 0, 4, 4],
+    [0, 2, 2, 4],
+    [1, 0, 2, 2],
+    [0, 1, 1, 2],
+  ]
+  return passes.reduce((n, [x0, y0, dx, dy]) => n + rows(Math.ceil((width - x0) / dx), Math.ceil((height - y0) / dy)), 0)
+}
+
+/** The concatenated IDAT data of a PNG (the zlib stream), as far as it is present. */
+export function pngIdat(b: Uint8Array): Uint8Array {
+  const parts: Uint8Array[] = []
+  let pos = 8
+  while (pos + 8 <= b.length) {
+    const length = u32(b, pos)
+    if (ascii(b, pos + 4, 'IDAT')) parts.push(b.subarray(pos + 8, Math.min(b.length, pos + 8 + length)))
+    if (ascii(b, pos + 4, 'IEND')) break
+    pos += 12 + length
+  }
+  return Buffer.concat(parts)
+}
+
 /** Canvas size of a WebP (VP8X), or the frame size of a simple lossy (VP8) or lossless (VP8L) file. */
 export function webpHeader(b: Uint8Array): ImageHeader | undefined {
   if (b.length < 30) return undefined

@@ -39,6 +39,9 @@ interface Probe {
   maxRssMb: number
 }
 
+/** `bytes` with every 997th byte after the header inverted: damaged, not short. */
+const flipped = (bytes: Uint8Array) => Buffer.from(bytes.map((v, i) => (i > 100 && i % 997 === 0 ? v ^ 0xff : v)))
+
 let dir: string
 const file = (name: string, bytes: Uint8Array) => {
   const path = join(dir, name)
@@ -97,6 +100,8 @@ describe.skipIf(!existsSync(OPERATOR))('decodeImages budgets (hostile images, me
     const cases: [string, Uint8Array, string][] = [
       ['cut.jpg', cut(jpeg, 0.5), 'truncated'],
       ['cut.png', cut(png, 0.5), 'truncated'],
+      ['cut-iend.png', cut(png, 0.5, [0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]), 'truncated'],
+      ['flipped.png', flipped(png), 'corrupt'],
       ['cut.webp', cut(webp, 0.5), 'truncated'],
       ['lie.png', await lyingPng(7999, 7999), 'truncated'],
       ['lie-baseline.jpg', await lyingJpeg(7999, 7999, false), 'truncated'],
