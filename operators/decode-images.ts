@@ -38,7 +38,7 @@ export interface DecodeImagesOptions {
   /** Longest one image may take to decode, in ms; 0: no limit. Default 10,000. */
   timeoutMs?: number
   /**
-   * `auto`: small baseline JPEGs and plain 8-bit PNGs (≤ 131,072 pixels, `fill` to at most half their size)
+   * `auto`: small baseline JPEGs and plain 8-bit PNGs (≤ 196,608 pixels, `fill` to at most half their size)
    * take a faster decoder (`@napi-rs/image`), everything else sharp; `sharp`: sharp for everything. Default `auto`.
    */
   decoder?: 'auto' | 'sharp'
