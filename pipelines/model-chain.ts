@@ -10,12 +10,13 @@ import { z } from 'zod'
 import { batchRecords } from '../operators/batch-records.js'
 import { crossAttend } from '../operators/cross-attend.js'
 import { decodeText, type DecodeTextOptions } from '../operators/decode-text.js'
-import { decodeImages } from '../operators/decode-images.js'
+import { DEFAULT_MAX_PIXELS_IN_FLIGHT, decodeImages } from '../operators/decode-images.js'
 import { extractVitFeatures } from '../operators/extract-vit-features.js'
 import type { ShardRecord } from '../operators/read-shards.js'
 import { resampleTokens } from '../operators/resample-tokens.js'
 import { routeToExperts } from '../operators/route-to-experts.js'
 import { int, mebibytes, type PipelineFlag, type StageContext } from './definition.js'
+import { DEFAULT_IMAGE_DECODE } from '../src/image/decode.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/vision-language-model.js'
 import type { ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
 
@@ -25,6 +26,8 @@ export const decodeLimitsShape = {
   maxPixels: z.number().int().min(1),
   /** Largest accepted encoded size in bytes. */
   maxBytes: z.number().int().min(1),
+  /** `auto` (small baseline JPEGs and plain PNGs take the fast decoder) or `sharp` (sharp for every image): the two differ slightly in pixels. */
+  decoder: z.enum(['auto', 'sharp']),
 }
 
 /** The engine settings of every model pipeline: speed only. */
@@ -45,6 +48,10 @@ export const modelEngineShape = {
   strictProvider: z.boolean(),
   /** Images decoded at once. */
   concurrency: z.number().int().min(1).max(256),
+  /** Most source pixels being decoded at once. */
+  maxPixelsInFlight: z.number().int().min(1),
+  /** Longest one image may take to decode, in ms (0: no limit); an image past it becomes a `timeout` error row. */
+  decodeTimeoutMs: z.number().int().min(0),
 }
 
 export type ModelConfig = z.infer<z.ZodObject<typeof decodeLimitsShape & typeof modelEngineShape>>
@@ -53,6 +60,7 @@ export function modelDefaults(): ModelConfig {
   return {
     maxPixels: 64_000_000,
     maxBytes: 64 * 1024 * 1024,
+    decoder: DEFAULT_IMAGE_DECODE.decoder,
     model: bundledModelDir(),
     batchSize: 32,
     // The model is the bottleneck: waiting for full batches costs nothing, and partial batches measured
@@ -63,6 +71,8 @@ export function modelDefaults(): ModelConfig {
     provider: 'cpu',
     strictProvider: false,
     concurrency: 2 * availableParallelism(),
+    maxPixelsInFlight: DEFAULT_MAX_PIXELS_IN_FLIGHT,
+    decodeTimeoutMs: DEFAULT_IMAGE_DECODE.timeoutMs,
   }
 }
 
@@ -76,6 +86,9 @@ export const modelFlags: readonly PipelineFlag[] = [
   { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
   { flags: '--max-pixels <n>', description: 'reject images with more pixels', key: 'maxPixels', parse: int },
   { flags: '--max-bytes <n>', description: 'reject images larger than this', key: 'maxBytes', parse: int, formatDefault: mebibytes },
+  { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once', key: 'maxPixelsInFlight', parse: int },
+  { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit', key: 'decodeTimeoutMs', parse: int },
+  { flags: '--decoder <name>', description: 'auto (small JPEGs and PNGs take the fast decoder) or sharp', key: 'decoder' },
 ]
 
 /** What decides the generated text (the pipelines' part of `GenerationParams`). */
@@ -138,6 +151,9 @@ export function visionStages(
       std: preprocessing.std,
       maxPixels: config.maxPixels,
       maxBytes: config.maxBytes,
+      maxPixelsInFlight: config.maxPixelsInFlight,
+      timeoutMs: config.decodeTimeoutMs,
+      decoder: config.decoder,
       concurrency: config.concurrency,
       metrics,
     }),

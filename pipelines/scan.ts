@@ -2,7 +2,8 @@ import { availableParallelism } from 'node:os'
 import { pipe } from 'rxjs'
 import { z } from 'zod'
 
-import { decodeImages } from '../operators/decode-images.js'
+import { DEFAULT_MAX_PIXELS_IN_FLIGHT, decodeImages } from '../operators/decode-images.js'
+import { DEFAULT_IMAGE_DECODE } from '../src/image/decode.js'
 import { int, mebibytes, pipelineConfig, type PipelineDefinition } from './definition.js'
 import type { DecodedImage } from '../src/records.js'
 
@@ -18,6 +19,10 @@ const scanConfig = pipelineConfig(
   {
     /** Images decoded at once. */
     concurrency: z.number().int().min(1).max(256),
+    /** Most source pixels being decoded at once. */
+    maxPixelsInFlight: z.number().int().min(1),
+    /** Longest one image may take to decode, in ms (0: no limit). */
+    decodeTimeoutMs: z.number().int().min(0),
   },
 )
 
@@ -30,6 +35,8 @@ export const scanDefaults: ScanConfig = Object.freeze({
   maxPixels: 64_000_000,
   maxBytes: 64 * 1024 * 1024,
   concurrency: 2 * availableParallelism(),
+  maxPixelsInFlight: DEFAULT_MAX_PIXELS_IN_FLIGHT,
+  decodeTimeoutMs: DEFAULT_IMAGE_DECODE.timeoutMs,
 })
 
 /**
@@ -48,6 +55,8 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
     { flags: '--max-pixels <n>', description: 'reject images with more pixels', key: 'maxPixels', parse: int },
     { flags: '--max-bytes <n>', description: 'reject images larger than this', key: 'maxBytes', parse: int, formatDefault: mebibytes },
     { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
+    { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once', key: 'maxPixelsInFlight', parse: int },
+    { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit', key: 'decodeTimeoutMs', parse: int },
   ],
   read: () => ({ requireImage: true }),
   stages: (config, { metrics }) =>
@@ -58,6 +67,8 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
         maxBytes: config.maxBytes,
         hash: true,
         concurrency: config.concurrency,
+        maxPixelsInFlight: config.maxPixelsInFlight,
+        timeoutMs: config.decodeTimeoutMs,
         metrics,
       }),
     ),

@@ -140,6 +140,7 @@ export type ImageDecodeReason =
   | 'unsupported-format'
   | 'truncated'
   | 'corrupt'
+  | 'timeout'
 
 /** One image could not be decoded. Recorded on the row, never thrown past `decodeImages`. */
 export class ImageDecodeError extends EvflowError {

@@ -1,22 +1,24 @@
 /**
- * Decoding one encoded image into normalised float32 CHW pixels with sharp (libvips, on libuv threads).
- * Pure apart from sharp: no record types here, so the same function serves the operator, the benchmarks
- * and the training-data export.
+ * Decoding one encoded image into resized uint8 RGB pixels — with sharp (libvips, on libuv threads), or for
+ * small JPEGs and PNGs the fast path (`fast-decode.ts`) — under budgets: the header is read first and
+ * checked against the data present (`headers.ts`), the source's pixels are counted against a `PixelBudget`
+ * while the decoder runs, and each image has a time limit. No record types here, so the same function serves
+ * the operator, the benchmarks and the training-data export.
  */
 import { createHash } from 'node:crypto'
+import { createInflate, constants as zlibConstants } from 'node:zlib'
 import sharp, { type Metadata } from 'sharp'
 
-import { ImageDecodeError, PipelineConfigError, type ImageDecodeReason } from '../errors.js'
+import { ImageDecodeError, PipelineConfigError } from '../errors.js'
 import type { ImageInfo } from '../records.js'
+import type { PixelBudget } from './budget.js'
+import { ChildDecoder } from './child-decoder.js'
+import { decodeFastRgb, fastChannels, fastEligible } from './fast-decode.js'
+import { isTruncated, pngIdat, pngRawBytes, readImageHeader, sniffFormat, type ImageHeader, type JpegHeader, type PngHeader } from './headers.js'
+import { rgbPixels, type PipelineOptions, type ResizeMode } from './pipeline.js'
 
-/**
- * How the image is fitted to `width × height`:
- * - `cover`: scale to cover the box, centre-crop the overflow (CLIP-style);
- * - `contain`: scale to fit inside, centred, the rest filled with `background` (letterbox);
- * - `pad`: scale to fit inside, anchored top-left, the rest filled with `background`;
- * - `fill`: stretch to the box, ignoring the aspect ratio.
- */
-export type ResizeMode = 'cover' | 'contain' | 'pad' | 'fill'
+export type { ResizeMode } from './pipeline.js'
+export { isTruncated, sniffFormat } from './headers.js'
 
 export interface ImageDecodeOptions {
   /** Output width in pixels. */
@@ -35,6 +37,13 @@ export interface ImageDecodeOptions {
   maxPixels: number
   /** Largest accepted encoded size in bytes. */
   maxBytes: number
+  /** Longest one image may take to decode, in ms (reading its header and decoding it, each); 0: no limit. */
+  timeoutMs: number
+  /**
+   * `auto`: small baseline JPEGs and plain 8-bit PNGs take the fast path (`fast-decode.ts`), everything else
+   * sharp; `sharp`: sharp for everything (the pixels the reference model was trained on).
+   */
+  decoder: 'auto' | 'sharp'
   /** Compute the sha256 of the encoded bytes (for `scan`). */
   hash: boolean
 }
@@ -48,6 +57,8 @@ export const DEFAULT_IMAGE_DECODE: Readonly<ImageDecodeOptions> = Object.freeze(
   std: [0.5, 0.5, 0.5] as const,
   maxPixels: 64_000_000,
   maxBytes: 64 * 1024 * 1024,
+  timeoutMs: 10_000,
+  decoder: 'auto',
   hash: false,
 })
 
@@ -79,53 +90,119 @@ export function validateImageDecodeOptions(options: ImageDecodeOptions, prefix =
   if (options.std.some((s) => s === 0)) throw new PipelineConfigError(field('std'), 'must not contain 0')
   if (!(options.maxPixels >= 1)) throw new PipelineConfigError(field('maxPixels'), `must be >= 1, got ${options.maxPixels}`)
   if (!(options.maxBytes >= 1)) throw new PipelineConfigError(field('maxBytes'), `must be >= 1, got ${options.maxBytes}`)
+  if (options.decoder !== 'auto' && options.decoder !== 'sharp') {
+    throw new PipelineConfigError(field('decoder'), `must be auto or sharp, got ${String(options.decoder)}`)
+  }
+  if (!(options.timeoutMs >= 0) || !Number.isFinite(options.timeoutMs)) {
+    throw new PipelineConfigError(field('timeoutMs'), `must be a finite number >= 0 (0: no limit), got ${options.timeoutMs}`)
+  }
+}
+
+/**
+ * libvips' operation cache keeps recent operations alive, and with them the decoder state they hold — for a
+ * progressive JPEG the whole frame's coefficients, allocated by libjpeg where the cache's memory limit does
+ * not see them. Eight 64-megapixel progressive JPEGs decoded one after the other peaked at 1,371 MB with the
+ * cache and 264 MB without it (and ran faster without). Decoded bytes are never the same twice in a
+ * dataset, so the cache has nothing to give here; it is turned off (process-wide: sharp has no per-call
+ * switch) on the first decode.
+ */
+let cacheOff = false
+
+/** The child process that renders SVG, started on the first SVG and killed when one runs past its limit. */
+let svgDecoder: ChildDecoder | undefined
+
+/**
+ * Resolves with `work`, or rejects with `ImageDecodeError('timeout')` after `ms` (0: never). The work itself
+ * goes on: whoever holds resources for it releases them when it settles, not when the timer fires.
+ */
+function withinTime<T>(work: Promise<T>, ms: number): Promise<T> {
+  if (ms <= 0) return work
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new ImageDecodeError('timeout', `decoding did not finish within ${ms} ms`)), ms)
+    work.then(
+      (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      },
+      (error: unknown) => {
+        clearTimeout(timer)
+        reject(error)
+      },
+    )
+  })
 }
 
 /**
  * Decodes `bytes` (any format sharp reads: JPEG, PNG, WebP, GIF, TIFF, AVIF, HEIF, SVG), applies the EXIF
  * orientation, takes the first frame of animations, converts to 8-bit sRGB (greyscale, CMYK and 16-bit
- * included), flattens alpha onto `background`, resizes and normalises to float32 CHW.
+ * included), flattens alpha onto `background`, resizes to uint8 RGB.
+ *
+ * Before anything is allocated from the header: a JPEG whose scans, or a PNG whose IDAT, cannot fill the
+ * dimensions its header claims is `truncated`; more than `maxPixels` is `too-many-pixels`. While the decoder
+ * runs, the source's `width × height` is held in `budget` (when given). Reading the header and decoding each
+ * have `timeoutMs`; SVG is rendered in a child process that is killed at the limit (librsvg cannot be
+ * interrupted otherwise).
  * Throws `ImageDecodeError` with a reason code.
  */
-export async function decodeImage(bytes: Uint8Array | null, options: ImageDecodeOptions): Promise<DecodedPixels> {
+export async function decodeImage(bytes: Uint8Array | null, options: ImageDecodeOptions, budget?: PixelBudget): Promise<DecodedPixels> {
   if (bytes === null) throw new ImageDecodeError('missing', 'the image cell is null')
   if (bytes.byteLength === 0) throw new ImageDecodeError('empty', 'the image has 0 bytes')
   if (bytes.byteLength > options.maxBytes) {
     throw new ImageDecodeError('too-many-bytes', `${bytes.byteLength} bytes exceeds maxBytes ${options.maxBytes}`)
   }
-  const input = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  let meta: Metadata
-  try {
-    meta = await sharp(input, { limitInputPixels: false, pages: 1 }).metadata()
-  } catch (cause) {
-    throw classify(cause, bytes)
+  const header = readImageHeader(bytes)
+  if (header?.refused) throw new ImageDecodeError('corrupt', header.refused)
+  if (header && header.width * header.height > options.maxPixels) {
+    throw new ImageDecodeError('too-many-pixels', `${header.width}x${header.height} exceeds maxPixels ${options.maxPixels}`)
   }
-  const width = meta.autoOrient?.width ?? meta.width ?? 0
-  const height = meta.autoOrient?.height ?? meta.height ?? 0
+  if (header?.shortfall) throw new ImageDecodeError('truncated', header.shortfall)
+  if (options.decoder === 'auto' && header && fastEligible(header, options.resize, options.width, options.height)) {
+    const fast = await decodeFast(bytes, header, options, budget)
+    if (fast) return fast
+  }
+  if (!cacheOff) {
+    sharp.cache(false)
+    cacheOff = true
+  }
+  const input = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  // An 8-bit JPEG's header says all that sharp's metadata() would (one libuv round trip saved).
+  const meta = jpegInfo(header) ?? (await readMetadata(input, bytes, options.timeoutMs))
+  const [width, height] = meta.displayed
   if (width * height > options.maxPixels) {
     throw new ImageDecodeError('too-many-pixels', `${width}x${height} exceeds maxPixels ${options.maxPixels}`)
   }
   const { width: outW, height: outH } = options
-  const background = { r: options.background[0], g: options.background[1], b: options.background[2] }
-  let raw: Buffer
+  const pipeline: PipelineOptions = {
+    width: outW,
+    height: outH,
+    resize: options.resize,
+    background: options.background,
+    maxPixels: options.maxPixels,
+    timeoutSeconds: Math.ceil(options.timeoutMs / 1000),
+  }
+  const release = budget ? await budget.acquire(width * height) : () => {}
+  let raw: Uint8Array
+  const started = performance.now()
   try {
-    let image = sharp(input, { limitInputPixels: options.maxPixels, pages: 1, failOn: 'error' })
-      .autoOrient()
-      .toColourspace('srgb')
-      .flatten({ background })
-    if (options.resize === 'fill') {
-      image = image.resize(outW, outH, { fit: 'fill' })
-    } else if (options.resize === 'cover') {
-      image = image.resize(outW, outH, { fit: 'cover', position: 'centre' })
+    if (meta.format === 'svg') {
+      svgDecoder ??= new ChildDecoder()
+      const work = svgDecoder.decode(bytes, pipeline, options.timeoutMs)
+      work.then(release, release)
+      raw = await work
     } else {
-      image = image.resize(outW, outH, {
-        fit: 'contain',
-        position: options.resize === 'pad' ? 'left top' : 'centre',
-        background,
-      })
+      const work = rgbPixels(input, pipeline)
+      work.then(release, release)
+      raw = await withinTime(work, options.timeoutMs)
     }
-    raw = await image.removeAlpha().raw({ depth: 'uchar' }).toBuffer()
   } catch (cause) {
+    if (cause instanceof ImageDecodeError) throw cause
+    if (options.timeoutMs > 0 && performance.now() - started >= options.timeoutMs) {
+      throw new ImageDecodeError('timeout', `decoding did not finish within ${options.timeoutMs} ms`, { cause })
+    }
+    if (header?.format === 'png') {
+      const short = await pngShortfall(bytes, header as PngHeader)
+      if (short) throw new ImageDecodeError('truncated', short, { cause })
+    }
     throw classify(cause, bytes, meta.format)
   }
   if (raw.byteLength !== outW * outH * 3) {
@@ -141,6 +218,91 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
     sha256: options.hash ? createHash('sha256').update(bytes).digest('hex') : '',
   }
   return { info, pixels: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength), width: outW, height: outH }
+}
+
+/**
+ * For a PNG the decoder rejected: whether its zlib stream ends, valid as far as it goes, before the rows its
+ * IHDR claims are filled (inflated and counted, nothing kept: bounded by the claimed size). A sentence for
+ * the error row, or undefined when the data was long enough or invalid (the PNG is corrupt).
+ */
+async function pngShortfall(bytes: Uint8Array, header: PngHeader): Promise<string | undefined> {
+  const interlaced = bytes[28] === 1
+  const needed = pngRawBytes(header.width, header.height, header.depth, header.colorType, interlaced)
+  let inflated = 0
+  let invalid = false
+  await new Promise<void>((resolve) => {
+    const inflate = createInflate({ finishFlush: zlibConstants.Z_SYNC_FLUSH })
+    const done = () => {
+      inflate.removeAllListeners()
+      inflate.on('error', () => {})
+      inflate.destroy()
+      resolve()
+    }
+    inflate.on('data', (chunk: Buffer) => {
+      inflated += chunk.length
+      if (inflated >= needed) done()
+    })
+    inflate.on('end', done)
+    inflate.on('error', () => {
+      invalid = true
+      done()
+    })
+    inflate.end(pngIdat(bytes))
+  })
+  // A stream that is invalid (not merely short) is corrupt, however much it gave before failing.
+  return !invalid && inflated < needed ? `png image data ends before its header's ${header.width}x${header.height} are filled (${inflated} of ${needed} bytes)` : undefined
+}
+
+type SourceFacts = Pick<Metadata, 'format' | 'channels' | 'depth'> & { displayed: [number, number] }
+
+/** sharp's metadata(), under the time limit: format, channels, depth and the displayed (oriented) size. */
+async function readMetadata(input: Buffer, bytes: Uint8Array, timeoutMs: number): Promise<SourceFacts> {
+  let meta: Metadata
+  try {
+    meta = await withinTime(sharp(input, { limitInputPixels: false, pages: 1 }).metadata(), timeoutMs)
+  } catch (cause) {
+    if (cause instanceof ImageDecodeError) throw cause
+    throw classify(cause, bytes)
+  }
+  const displayed: [number, number] = [meta.autoOrient?.width ?? meta.width ?? 0, meta.autoOrient?.height ?? meta.height ?? 0]
+  return { format: meta.format, channels: meta.channels, depth: meta.depth, displayed }
+}
+
+/** The same facts from an 8-bit JPEG's own header (EXIF orientations 5-8 swap the sides); undefined otherwise. */
+function jpegInfo(header: ImageHeader | undefined): SourceFacts | undefined {
+  if (header?.format !== 'jpeg') return undefined
+  const jpeg = header as JpegHeader
+  if (jpeg.precision !== 8 || jpeg.components.length === 0) return undefined
+  const displayed: [number, number] = jpeg.orientation >= 5 ? [jpeg.height, jpeg.width] : [jpeg.width, jpeg.height]
+  return { format: 'jpeg', channels: jpeg.components.length as Metadata['channels'], depth: 'uchar', displayed }
+}
+
+/**
+ * The fast path under the same budgets; undefined when its decoder rejects the data (sharp then decides,
+ * so an image's outcome does not depend on the path). Info comes from the header, which for these files
+ * says what sharp's metadata says (no rotation, 1 or 3 channels, 8 bits).
+ */
+async function decodeFast(bytes: Uint8Array, header: ImageHeader, options: ImageDecodeOptions, budget: PixelBudget | undefined): Promise<DecodedPixels | undefined> {
+  const release = budget ? await budget.acquire(header.width * header.height) : () => {}
+  const work = decodeFastRgb(bytes, options.width, options.height)
+  work.then(release, release)
+  let pixels: Uint8Array
+  try {
+    pixels = await withinTime(work, options.timeoutMs)
+  } catch (error) {
+    if (error instanceof ImageDecodeError) throw error
+    return undefined
+  }
+  const info: ImageInfo = {
+    width: header.width,
+    height: header.height,
+    format: header.format,
+    channels: fastChannels(header),
+    bitDepth: 8,
+    bytes: bytes.byteLength,
+    sha256: options.hash ? createHash('sha256').update(bytes).digest('hex') : '',
+  }
+  return { info, pixels, width: options.width, height: options.height }
 }
 
 /**
@@ -225,40 +387,4 @@ export function classify(cause: unknown, bytes: Uint8Array, format?: string): Im
     return new ImageDecodeError('truncated', `${name} data ends before its end marker (${bytes.byteLength} bytes)`, { cause })
   }
   return new ImageDecodeError('corrupt', `cannot decode the ${name} data (${bytes.byteLength} bytes)`, { cause })
-}
-
-/** The format from magic numbers, for the formats whose truncation we can detect. */
-export function sniffFormat(bytes: Uint8Array): string | undefined {
-  const b = bytes
-  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg'
-  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return 'png'
-  if (b.length >= 6 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46) return 'gif'
-  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45) return 'webp'
-  return undefined
-}
-
-/** Whether encoded data stops before the format's end marker. */
-export function isTruncated(bytes: Uint8Array, format: string): boolean {
-  const tail = bytes.subarray(Math.max(0, bytes.length - 64))
-  const has = (...marker: number[]) => {
-    for (let i = tail.length - marker.length; i >= 0; i--) {
-      if (marker.every((m, j) => tail[i + j] === m)) return true
-    }
-    return false
-  }
-  switch (format) {
-    case 'jpeg':
-      return !has(0xff, 0xd9)
-    case 'png':
-      return !has(0x49, 0x45, 0x4e, 0x44) // IEND
-    case 'gif':
-      return bytes[bytes.length - 1] !== 0x3b
-    case 'webp': {
-      if (bytes.length < 8) return true
-      const size = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(4, true)
-      return bytes.length < size + 8
-    }
-    default:
-      return false
-  }
 }

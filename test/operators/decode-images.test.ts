@@ -197,6 +197,9 @@ describe('decodeImages', () => {
     expect(() => decodeImages({ resize: 'squash' as never })).toThrow(/resize/)
     expect(() => decodeImages({ std: [1, 0, 1] })).toThrow(/std/)
     expect(() => decodeImages({ concurrency: 0 })).toThrow(/concurrency/)
+    expect(() => decodeImages({ decoder: 'turbo' as never })).toThrow(/decoder/)
+    expect(() => decodeImages({ timeoutMs: -1 })).toThrow(/timeoutMs/)
+    expect(() => decodeImages({ maxPixelsInFlight: 0 })).toThrow(/maxPixelsInFlight/)
   })
 
   it('stops on early unsubscribe: nothing is emitted after it', async () => {

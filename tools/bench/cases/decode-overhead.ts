@@ -20,7 +20,8 @@ const VARIANTS = [
   'product pipeline',
   'metadata() + product pipeline',
   '… + normalise into a reused buffer',
-  'decodeImage()',
+  "decodeImage() (decoder 'sharp')",
+  "decodeImage() (decoder 'auto': fast JPEG path)",
 ] as const
 type Variant = (typeof VARIANTS)[number]
 
@@ -79,8 +80,10 @@ function step(variant: Variant, size: number, concurrency: number): (buffer: Buf
         free.push(out)
       }
     }
-    case 'decodeImage()':
-      return (b) => decodeImage(b, options)
+    case "decodeImage() (decoder 'sharp')":
+      return (b) => decodeImage(b, { ...options, decoder: 'sharp' })
+    case "decodeImage() (decoder 'auto': fast JPEG path)":
+      return (b) => decodeImage(b, { ...options, decoder: 'auto' })
   }
 }
 
@@ -119,7 +122,7 @@ async function measure(context: BenchContext): Promise<CaseResult> {
     rows,
     notes: [
       `${images.length} in-memory 256×256 JPEGs per measurement (fresh buffer copies), ${concurrency} in flight, ${reps} reps interleaved; "vs bare" is the median [min–max] of per-rep ratios.`,
-      '"product pipeline" = autoOrient + toColourspace(srgb) + flatten + resize(fill) + removeAlpha + raw(uchar) with decodeImage\'s input options; "… + normalise into a reused buffer" adds decodeImage\'s float32 CHW arithmetic writing into a preallocated buffer; decodeImage() is the product function (it allocates a new Float32Array per image).',
+      '"product pipeline" = autoOrient + toColourspace(srgb) + flatten + resize(fill) + removeAlpha + raw(uchar) with decodeImage\'s input options; "… + normalise into a reused buffer" adds decodeImage\'s float32 CHW arithmetic writing into a preallocated buffer; decodeImage() is the product function (uint8 RGB out, budgets included), with every image through sharp and with the default decoder (these 256×256 baseline JPEGs take the fast path at 64 px, sharp at 224 px).',
     ],
     settings: { sizes: SIZES, images: images.length, concurrency, reps },
     raw,
