@@ -2,7 +2,8 @@
  * What a run stores in each output file (`evflow.config`) and hashes (`evflow.config_hash`, which decides
  * what a rerun skips): only the settings that decide the output. The stored strings are exactly those
  * evflow 0.1.0 wrote (produced by the code before the options were split by meaning). The hashes of the
- * model pipelines differ from 0.1.0's, which left the model's fingerprint out (its key `identity.model` was
+ * model pipelines differ from 0.1.0's: they name the decoder (`decoder`, issue #19: the fast JPEG/PNG path
+ * gives slightly different pixels than sharp), and 0.1.0 left the model's fingerprint out (its key `identity.model` was
  * dropped as if it were the engine setting `model`): now another model gives another hash. A change here
  * changes the bytes of every output file and makes every committed shard look stale.
  */
@@ -22,28 +23,28 @@ const IDENTITY = `"identity":{"model":"${MODEL}"}`
 const cases: { pipeline: string; settings: Record<string, unknown>; keep?: string[]; hash: string; output: string }[] = [
   { pipeline: 'scan', settings: {}, hash: 'd33c69ded5d09027', output: `{"pipeline":"scan","scan":{"size":64,"maxPixels":64000000,"maxBytes":67108864},${READ}}` },
   { pipeline: 'scan', settings: { size: 32, maxPixels: 1000, concurrency: 3 }, hash: '630c249be4e8b6e9', output: `{"pipeline":"scan","scan":{"size":32,"maxPixels":1000,"maxBytes":67108864},${READ}}` },
-  { pipeline: 'caption', settings: {}, hash: '2610bbb06c822199', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  { pipeline: 'caption', settings: {}, hash: 'a19bfb26c801cdde', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
   {
     pipeline: 'caption',
     settings: { maxNewTokens: 5, beams: 3, slots: 2, continuous: false, batchSize: 4, inferenceThreads: 1, intraOpThreads: 2 },
-    hash: '21cabe458b64bc9d',
-    output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":5,"beams":3},${READ},${IDENTITY}}`,
+    hash: '83709b9731e93f57',
+    output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":5,"beams":3},${READ},${IDENTITY}}`,
   },
-  { pipeline: 'video-caption', settings: {}, hash: '4982f1d38a02b93e', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
-  { pipeline: 'vqa', settings: {}, hash: 'b548c60b8f69eb93', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${IDENTITY}}` },
+  { pipeline: 'video-caption', settings: {}, hash: 'df24f0a942bcb670', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  { pipeline: 'vqa', settings: {}, hash: '88c31cc7ab53aea7', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${IDENTITY}}` },
   {
     pipeline: 'vqa',
     settings: { questions: ['what?', 'why?'], maxNewTokens: 4 },
-    hash: '91ff4fe28c7d8a53',
-    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${IDENTITY}}`,
+    hash: 'c3aa393651e4f25f',
+    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${IDENTITY}}`,
   },
-  { pipeline: 'embed', settings: {}, hash: '9c07721f8074ba3f', output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":67108864,"normalize":true},${READ},${IDENTITY}}` },
+  { pipeline: 'embed', settings: {}, hash: '162798d8a1fb1364', output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","normalize":true},${READ},${IDENTITY}}` },
   {
     pipeline: 'embed',
     settings: { normalize: false, maxBytes: 1000 },
     keep: ['a'],
-    hash: 'c69512cdac6bc6fb',
-    output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":1000,"normalize":false},"read":{"imageColumn":null,"idColumn":null,"keep":["a"]},${IDENTITY}}`,
+    hash: '11234f6e6f11e2b1',
+    output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":1000,"decoder":"auto","normalize":false},"read":{"imageColumn":null,"idColumn":null,"keep":["a"]},${IDENTITY}}`,
   },
 ]
 

@@ -16,13 +16,13 @@ const help = (pipeline: string, key: string) => {
 describe('pipeline configs', () => {
   it('split each pipeline\'s settings into those that decide the output and engine settings', () => {
     const split = Object.fromEntries(Object.entries(pipelines).map(([name, d]) => [name, { output: d.outputKeys, engine: Object.keys(d.defaults).filter((k) => !d.outputKeys.includes(k)).sort() }]))
-    const modelEngine = ['batchSize', 'concurrency', 'inferenceThreads', 'intraOpThreads', 'maxWaitMs', 'model', 'provider', 'strictProvider']
+    const modelEngine = ['batchSize', 'concurrency', 'decodeTimeoutMs', 'inferenceThreads', 'intraOpThreads', 'maxPixelsInFlight', 'maxWaitMs', 'model', 'provider', 'strictProvider']
     expect(split).toEqual({
-      scan: { output: ['size', 'maxPixels', 'maxBytes'], engine: ['concurrency'] },
-      caption: { output: ['maxPixels', 'maxBytes', 'maxNewTokens', 'beams'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
-      'video-caption': { output: ['maxPixels', 'maxBytes', 'maxNewTokens', 'beams'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
-      vqa: { output: ['maxPixels', 'maxBytes', 'maxNewTokens', 'beams', 'questionColumn', 'questions'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
-      embed: { output: ['maxPixels', 'maxBytes', 'normalize'], engine: modelEngine },
+      scan: { output: ['size', 'maxPixels', 'maxBytes'], engine: ['concurrency', 'decodeTimeoutMs', 'maxPixelsInFlight'] },
+      caption: { output: ['maxPixels', 'maxBytes', 'decoder', 'maxNewTokens', 'beams'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
+      'video-caption': { output: ['maxPixels', 'maxBytes', 'decoder', 'maxNewTokens', 'beams'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
+      vqa: { output: ['maxPixels', 'maxBytes', 'decoder', 'maxNewTokens', 'beams', 'questionColumn', 'questions'], engine: [...modelEngine, 'slots', 'continuous'].sort() },
+      embed: { output: ['maxPixels', 'maxBytes', 'decoder', 'normalize'], engine: modelEngine },
     })
   })
 
