@@ -10,7 +10,7 @@ import { readShards } from '../operators/read-shards.js'
 import { writeShards, type ShardCommit } from '../operators/write-shards.js'
 import { RunInterruptedError } from '../src/errors.js'
 import { ensureLayout, isCommitted, outputLayout, removeStaleTemps, writeFileAtomic } from '../src/parquet/commit.js'
-import { planShards, type PlannedShard, type ShardColumns, type ShardSelection } from '../src/parquet/shards.js'
+import { planShards, readingOf, type PlannedShard, type ShardColumns, type ShardReading, type ShardSelection } from '../src/parquet/shards.js'
 import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
 import { acquireFolderLock } from '../src/engine/lock.js'
@@ -19,7 +19,7 @@ import { configHash, mergeReadColumns, type PipelineDefinition } from './definit
 
 export const EVFLOW_VERSION = '0.1.0'
 
-export interface RunOptions extends ShardSelection, Omit<ShardColumns, 'requireImage'> {
+export interface RunOptions extends ShardSelection, Omit<ShardColumns, 'requireImage'>, ShardReading {
   inputs: readonly string[]
   /**
    * Shards already planned (by `planShards`, possibly renamed): used instead of planning `inputs`.
@@ -115,6 +115,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
     ...(options.rows === undefined ? {} : { rows: options.rows }),
     ...(options.rowGroups === undefined ? {} : { rowGroups: options.rowGroups }),
     ...(options.limit === undefined ? {} : { limit: options.limit }),
+    ...readingOf(options),
   }
   const planned = options.plan ?? (await planShards(options.inputs, readOptions))
 
