@@ -17,6 +17,7 @@ import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } 
 import { registerEvalCommand } from './eval-command.js'
 import { registerQueueCommands } from './queue-commands.js'
 import { addReadOptions, positiveInt, readConfigFile } from './args.js'
+import { addReadBudgetOptions, type ReadBudgetFlags } from './read-options.js'
 import { describeShardFile, formatDescription } from './inspect.js'
 import { formatSummary, jsonProgress, terminalProgress } from './progress.js'
 
@@ -30,7 +31,10 @@ export const EXIT = {
   modelCannotRun: 6,
 } as const
 
-const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite'] as const
+const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite', 'readTimeoutMs', 'readMemoryMb'] as const
+
+/** After the first Ctrl-C / SIGTERM, the process ends by this deadline whatever is still running. */
+const SIGNAL_DEADLINE_MS = 2500
 
 /** Merges defaults < config file < flags into one frozen config; throws `PipelineConfigError` naming the field. */
 export function resolveConfig(
@@ -56,7 +60,7 @@ export function resolveConfig(
   return { config: Object.freeze(parsed.data as object), run: run as Partial<RunOptions> }
 }
 
-interface CommonFlags {
+interface CommonFlags extends ReadBudgetFlags {
   out: string
   config?: string
   imageColumn?: string
@@ -82,6 +86,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--json', 'JSON lines on stdout instead of a progress bar')
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
     .option('--verbose', 'print stacks on errors')
+  addReadBudgetOptions(command)
   for (const flag of definition.flags) {
     const option = new Option(flag.flags, flag.description)
     const parse = flag.parse ?? ((text: string) => text)
@@ -103,6 +108,8 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       limit: flags.limit,
       overwrite: flags.overwrite,
       maxRecordsInFlight: flags.maxInFlight,
+      readTimeoutMs: flags.readTimeout,
+      readMemoryMb: flags.readMemory,
     }
     for (const flag of definition.flags) {
       const attribute = new Option(flag.flags).attributeName()
@@ -117,6 +124,12 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       if (signals > 1) process.exit(EXIT.interrupted)
       process.stderr.write(`\n${definition.name}: ${signal}: stopping; shards in progress are not committed\n`)
       controller.abort(new RunInterruptedError(signal))
+      // The run stops its parser threads and writers at once; should anything still hold the process, it
+      // ends anyway (outputs are committed by rename, so nothing half-written can look complete).
+      setTimeout(() => {
+        process.stderr.write(`${definition.name}: still stopping after ${SIGNAL_DEADLINE_MS} ms: exiting\n`)
+        process.exit(EXIT.interrupted)
+      }, SIGNAL_DEADLINE_MS).unref()
     }
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
@@ -137,6 +150,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       progress,
       progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
       signal: controller.signal,
+      ...(flags.debugSpin === undefined ? {} : { debugSpin: flags.debugSpin }),
     } as RunOptions)
     if (!flags.json) process.stdout.write(formatSummary(summary))
     process.exitCode = summary.shards.failed > 0 ? EXIT.shardsFailed : EXIT.ok
@@ -170,7 +184,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   process.stdout.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') process.exit(EXIT.ok)
   })
-  // hyparquet may leave a rejection of a malformed file unobserved; it must not kill the run.
+  // A rejection left unobserved (by a library, on a malformed input) must not kill the run.
   process.on('unhandledRejection', (reason) => {
     process.stderr.write(`evflow: warning: ignored an unhandled rejection: ${describeError(reason)}\n`)
   })

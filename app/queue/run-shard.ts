@@ -9,12 +9,13 @@ import { pipelines as registry } from '../../pipelines/index.js'
 import { runConfig, runPipeline, type RunOptions } from '../../pipelines/run.js'
 import { mergeReadColumns, type PipelineDefinition } from '../../pipelines/definition.js'
 import { PipelineConfigError, ShardReadError, ShardWriteError } from '../../src/errors.js'
-import { planShards, type PlannedShard } from '../../src/parquet/shards.js'
+import { ParquetReader, type ReadBudget } from '../../src/parquet/reader.js'
+import { planShards, type PlannedShard, type ShardReading } from '../../src/parquet/shards.js'
 import type { KeyedRecord } from '../../src/records.js'
 import type { ShardJobData, ShardJobProgress, ShardJobResult } from './job.js'
 import type { ShardStore } from './store.js'
 
-export interface RunShardContext {
+export interface RunShardContext extends ReadBudget {
   /** Where the shard is published. */
   readonly store: ShardStore
   /** Names this attempt's staging folder (e.g. the job id and attempt number). */
@@ -29,6 +30,8 @@ export interface RunShardContext {
   readonly progressIntervalMs?: number
   /** Testing only: wait this long after each row leaves the pipeline's stages (to make a shard slow). Default 0. */
   readonly debugRowDelayMs?: number
+  /** Testing only: see `ParquetReaderOptions.debugSpin`. */
+  readonly debugSpin?: ShardReading['debugSpin']
   /** Pipeline registry. Default: `pipelines/index.ts`. */
   readonly pipelines?: Readonly<Record<string, PipelineDefinition<object, KeyedRecord>>>
 }
@@ -50,6 +53,7 @@ export interface ResolvedShardJob {
 export async function resolveShardJob(
   data: ShardJobData,
   pipelines: Readonly<Record<string, PipelineDefinition<object, KeyedRecord>>> = registry,
+  reading: ShardReading = {},
 ): Promise<ResolvedShardJob> {
   const definition = pipelines[data.pipeline]
   if (!definition) {
@@ -73,6 +77,7 @@ export async function resolveShardJob(
   const [planned] = await planShards([data.input], {
     ...mergeReadColumns(definition.read(config), read),
     ...(data.rows === null ? {} : { rows: data.rows }),
+    ...reading,
   })
   if (!planned.plan.ok) throw planned.plan.error
   if (data.fingerprint !== '' && planned.plan.info.fingerprint !== data.fingerprint) {
@@ -89,10 +94,29 @@ export async function resolveShardJob(
   }
 }
 
-/** Runs one shard job to a published (or already committed) output shard. */
+/**
+ * Runs one shard job to a published (or already committed) output shard. Its input is parsed by parser
+ * threads of its own, under the context's read budgets; a footer or row group that overruns the time budget
+ * fails the job with reason `timeout` (a timeout may depend on the machine's load, so the shard is retried
+ * rather than committed with timed-out rows), and the threads are stopped with the job.
+ */
 export async function runShardJob(data: ShardJobData, context: RunShardContext): Promise<ShardJobResult> {
+  const reader = new ParquetReader({
+    threads: 1,
+    ...(context.readTimeoutMs === undefined ? {} : { readTimeoutMs: context.readTimeoutMs }),
+    ...(context.readMemoryMb === undefined ? {} : { readMemoryMb: context.readMemoryMb }),
+    ...(context.debugSpin === undefined ? {} : { debugSpin: context.debugSpin }),
+  })
+  try {
+    return await runWithReader(data, context, reader)
+  } finally {
+    await reader.close()
+  }
+}
+
+async function runWithReader(data: ShardJobData, context: RunShardContext, reader: ParquetReader): Promise<ShardJobResult> {
   const started = performance.now()
-  const job = await resolveShardJob(data, context.pipelines)
+  const job = await resolveShardJob(data, context.pipelines, { reader })
   const info = job.planned.plan.info
   const result = (fields: Omit<ShardJobResult, 'shard' | 'durationMs' | 'worker'>): ShardJobResult => ({
     shard: data.shard,
@@ -113,6 +137,7 @@ export async function runShardJob(data: ShardJobData, context: RunShardContext):
       plan: [job.planned],
       outDir: staging.dir,
       lock: false,
+      reader,
       ...(context.signal === undefined ? {} : { signal: context.signal }),
       // Rows that have reached the writer (written rows only grow a row group at a time).
       progress: {
@@ -123,6 +148,8 @@ export async function runShardJob(data: ShardJobData, context: RunShardContext):
       },
       progressIntervalMs: context.progressIntervalMs ?? 1000,
     })
+    const timeout = reader.incidents.find((i) => i.reason === 'timeout')
+    if (timeout) throw new ShardReadError(data.input, timeout.message, timeout.rowGroup, { reason: 'timeout' })
     if (summary.shards.failed > 0) {
       const failure = summary.failedShards[0]
       throw new ShardReadError(data.input, failure.error.startsWith(data.input) ? failure.error.slice(data.input.length).replace(/^:\s*/, '') : failure.error)

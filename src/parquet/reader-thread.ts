@@ -35,8 +35,8 @@ export interface InspectTask {
   readonly file: FileRef
   /** Also return the parsed footer (for `inspect`, `submit`, `eval`). */
   readonly withMetadata: boolean
-  /** Most bytes the page-header scans may claim (the memory budget). */
-  readonly maxBytes: number
+  /** Testing only: spin this long (ms) first, as a parser stuck in a loop would. */
+  readonly debugSpinMs?: number
 }
 
 /** Decode the rows `[start, end)` (relative to the row group) of some top-level columns of one row group. */
@@ -530,9 +530,19 @@ function footerOf(file: FileRef, expectedHash?: string): ParsedFooter {
   return footer
 }
 
+/** Testing only: a parser stuck in a loop. */
+function spin(ms: number | undefined): void {
+  if (!ms) return
+  const until = Date.now() + ms
+  while (Date.now() < until) {
+    // spinning
+  }
+}
+
 function inspect(task: InspectTask): FileFacts | ReaderFailure {
   let footer: ParsedFooter
   try {
+    spin(task.debugSpinMs)
     footer = footerOf(task.file)
   } catch (error) {
     return failure(error)
@@ -559,12 +569,7 @@ function inspect(task: InspectTask): FileFacts | ReaderFailure {
 
 async function read(task: ReadTask): Promise<RowBlock | ReaderFailure> {
   try {
-    if (task.debugSpinMs) {
-      const until = Date.now() + task.debugSpinMs
-      while (Date.now() < until) {
-        // a parser stuck in a loop
-      }
-    }
+    spin(task.debugSpinMs)
     const footer = footerOf(task.file, task.footerHash)
     const group = footer.metadata.row_groups[task.rowGroup]
     if (!group) throw new ParseError('no such row group')

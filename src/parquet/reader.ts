@@ -200,7 +200,7 @@ export class ParquetReader {
       const spin = this.spin('inspect', path)
       let result: unknown
       try {
-        result = await this.run({ kind: 'inspect', file, withMetadata: options.withMetadata ?? false, maxBytes: this.memoryMb * 1024 * 1024, ...(spin ? { debugSpinMs: spin } : {}) })
+        result = await this.run({ kind: 'inspect', file, withMetadata: options.withMetadata ?? false, ...(spin ? { debugSpinMs: spin } : {}) })
       } catch (error) {
         throw this.taskError(error, path)
       }
