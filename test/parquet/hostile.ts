@@ -44,7 +44,7 @@ export function withFooter(file: Uint8Array, footer: RawStruct): Uint8Array {
   const length = view.getUint32(file.byteLength - 8, true)
   const data = file.subarray(0, file.byteLength - 8 - length)
   const writer = new ByteWriter()
-  serializeTCompactProtocol(writer, footer)
+  serializeTCompactProtocol(writer, sortedFields(footer) as RawStruct)
   const encoded = new Uint8Array(writer.getBuffer())
   const out = new Uint8Array(data.byteLength + encoded.byteLength + 8)
   out.set(data, 0)
@@ -52,6 +52,15 @@ export function withFooter(file: Uint8Array, footer: RawStruct): Uint8Array {
   new DataView(out.buffer).setUint32(data.byteLength + encoded.byteLength, encoded.byteLength, true)
   out.set([0x50, 0x41, 0x52, 0x31], out.byteLength - 4)
   return out
+}
+
+/** The struct with its fields in ascending id order at every level (the encoder requires it). */
+function sortedFields(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sortedFields)
+  if (value === null || typeof value !== 'object' || value instanceof Uint8Array) return value
+  const entries = Object.entries(value as RawStruct).filter(([, v]) => v !== undefined)
+  entries.sort(([a], [b]) => Number(a.slice(6)) - Number(b.slice(6)))
+  return Object.fromEntries(entries.map(([k, v]) => [k, sortedFields(v)]))
 }
 
 /** `file` with the footer edited by `edit` (which mutates the raw struct in place). */
