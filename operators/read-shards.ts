@@ -82,6 +82,8 @@ export function readShards(
     const stage = options.metrics?.stage('readShards')
     const { reader, owned } = readerFor(options, concurrency)
     const open = new Set<ParquetSource>()
+    /** Sources a parser thread may be reading right now: closed by their lane, never under the thread. */
+    const busy = new Set<ParquetSource>()
     const closeSource = async (source: ParquetSource) => {
       if (!open.delete(source)) return
       await source.close().catch(() => {})
@@ -144,12 +146,15 @@ export function readShards(
           if (damaged !== undefined) {
             failure = new ShardReadError(info.path, facts.problem ?? `damaged: ${damaged}`, slice.rowGroup).message
           } else if (columns.length > 0) {
+            busy.add(source)
             try {
               const offset = groupStarts[slice.rowGroup]
               block = await reader.read(source, { rowGroup: slice.rowGroup, start: slice.start - offset, end: slice.end - offset, columns, ...(image ? { image } : {}) })
             } catch (error) {
               if (stopped) return
               failure = describeError(error)
+            } finally {
+              busy.delete(source)
             }
           }
           stage?.busy(performance.now() - started)
@@ -206,10 +211,11 @@ export function readShards(
     return () => {
       stopped = true
       // Terminates the parser threads at once (a stuck parse included), then closes the files: a lane may
-      // wait forever for an in-flight slot that the torn-down sink will never release.
+      // wait forever for an in-flight slot that the torn-down sink will never release. With a shared reader
+      // a file still being parsed is left to its lane, which closes it when the parse returns.
       void (async () => {
         if (owned) await reader.close()
-        for (const source of [...open]) await closeSource(source)
+        for (const source of [...open]) if (owned || !busy.has(source)) await closeSource(source)
       })()
     }
   })
