@@ -59,7 +59,8 @@ export interface ReadTask {
   readonly debugSpinMs?: number
 }
 
-export type ReaderTask = InspectTask | ReadTask
+/** Every task carries a shared cell the thread writes its start time into (ms since the epoch). */
+export type ReaderTask = (InspectTask | ReadTask) & { readonly started?: BigInt64Array }
 
 /** What a row group holds, as established from its page headers (see {@link establishRows}). */
 export interface RowGroupFacts {
@@ -588,8 +589,6 @@ async function read(task: ReadTask): Promise<RowBlock | ReaderFailure> {
       }
       // The chunk, its decompressed pages, and up to 8 bytes per value decoded (typed arrays are off the heap).
       bytes += c.range.end - c.range.start + pages.uncompressed + 8 * (pages.values + pages.dictionaryValues)
-      // The image bytes are copied out of the pages once more, into the transferred buffers.
-      if (task.image && c.leaf.path[0] === task.image.column) bytes += pages.uncompressed
     }
     if (bytes > task.maxBytes) {
       throw new ParseError(`memory: decoding needs about ${mib(bytes)} MiB, more than the read memory budget of ${mib(task.maxBytes)} MiB (raise --read-memory)`)
@@ -708,6 +707,7 @@ function transferables(block: RowBlock): ArrayBuffer[] {
 
 /** The piscina task function. */
 export default async function run(task: ReaderTask): Promise<unknown> {
+  if (task.started) Atomics.store(task.started, 0, BigInt(Date.now()))
   if (task.kind === 'inspect') return inspect(task)
   const result = await read(task)
   if ('failed' in result) return result

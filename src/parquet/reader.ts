@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { Piscina } from 'piscina'
 
 import { PipelineConfigError, ShardReadError, describeError } from '../errors.js'
-import type { FileFacts, FileRef, ImageBlock, ReaderFailure, ReaderTask, RowBlock } from './reader-thread.js'
+import type { FileFacts, FileRef, ImageBlock, InspectTask, ReaderFailure, ReaderTask, ReadTask, RowBlock } from './reader-thread.js'
 import type { ImageColumnLayout } from './schema.js'
 
 export type { BinaryBlock, FileFacts, ImageBlock, RowBlock, RowGroupFacts } from './reader-thread.js'
@@ -158,15 +158,35 @@ export class ParquetReader {
     else this.running -= 1
   }
 
-  /** Runs a task under the time budget. Rejects with `TaskTimeout`, or with the thread's error (e.g. out of memory). */
-  private async run(task: ReaderTask): Promise<unknown> {
+  /**
+   * Runs a task under the time budget, counted from when the task starts running in a thread (the thread
+   * writes its start time into `started`): a thread still starting (after a replacement, on a loaded
+   * machine) does not eat the task's budget. Rejects with `TaskTimeout`, or with the thread's error (e.g.
+   * out of memory).
+   */
+  private async run(task: InspectTask | ReadTask): Promise<unknown> {
     await this.slot()
     const controller = new AbortController()
     this.controllers.add(controller)
-    const timer = setTimeout(() => controller.abort(new TaskTimeout()), this.timeoutMs)
+    const started = new BigInt64Array(new SharedArrayBuffer(8))
+    const queued = Date.now()
+    let timer: NodeJS.Timeout | undefined
+    const check = () => {
+      const at = Number(Atomics.load(started, 0))
+      const now = Date.now()
+      // Not started yet: look again soon (a thread that never starts is given up after a minute).
+      if (at === 0 && now - queued < 60_000 + this.timeoutMs) {
+        timer = setTimeout(check, 50)
+        return
+      }
+      const left = (at === 0 ? queued : at) + this.timeoutMs - now
+      if (left > 0) timer = setTimeout(check, left)
+      else controller.abort(new TaskTimeout())
+    }
+    timer = setTimeout(check, this.timeoutMs)
     try {
       const pool = this.piscina()
-      return await pool.run(task, { signal: controller.signal })
+      return await pool.run({ ...task, started } as ReaderTask, { signal: controller.signal })
     } catch (error) {
       if (controller.signal.aborted && controller.signal.reason instanceof TaskTimeout) throw controller.signal.reason
       throw error
@@ -219,7 +239,7 @@ export class ParquetReader {
     const facts = source.rowGroups[request.rowGroup]
     if (!facts) throw new ShardReadError(source.path, 'no such row group', request.rowGroup)
     const spin = this.spin('read', source.path)
-    const task: ReaderTask = {
+    const task: ReadTask = {
       kind: 'read',
       file: { fileId: source.fileId, fd: source.handle.fd, path: source.path, byteLength: source.byteLength },
       footerHash: source.footerHash,

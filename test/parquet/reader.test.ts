@@ -113,16 +113,16 @@ describe('ParquetReader', () => {
   })
 
   it('a row group whose pages claim more than the memory budget is not decoded', async () => {
-    const big = Array.from({ length: 12 }, (_, i) => new Uint8Array(1024 * 1024).fill(i))
-    const path = write('big.parquet', new Uint8Array(imageShardBuffer(big.map((image, i) => ({ id: `r${i}`, image })), 12)))
+    const big = Array.from({ length: 24 }, (_, i) => new Uint8Array(1024 * 1024).fill(i))
+    const path = write('big.parquet', new Uint8Array(imageShardBuffer(big.map((image, i) => ({ id: `r${i}`, image })), 24)))
     const reader = new ParquetReader({ threads: 1, readMemoryMb: 16 })
     try {
       const source = await reader.open(path)
-      const error = await reader.read(source, { rowGroup: 0, start: 0, end: 12, columns: ['image'], image: { column: 'image', layout: 'binary' } }).catch((e: unknown) => e)
+      const error = await reader.read(source, { rowGroup: 0, start: 0, end: 24, columns: ['image'], image: { column: 'image', layout: 'binary' } }).catch((e: unknown) => e)
       expect((error as ShardReadError).reason).toBe('memory')
       expect((error as ShardReadError).message).toMatch(/memory: decoding needs about \d+(\.\d)? MiB, more than the read memory budget of 16 MiB/)
-      const ids = await reader.read(source, { rowGroup: 0, start: 0, end: 12, columns: ['id'] })
-      expect(ids.values.id).toHaveLength(12)
+      const ids = await reader.read(source, { rowGroup: 0, start: 0, end: 24, columns: ['id'] })
+      expect(ids.values.id).toHaveLength(24)
       await source.close()
     } finally {
       await reader.close()
