@@ -36,7 +36,7 @@ export interface ReadShardsOptions extends ShardSelection, ShardColumns, ShardRe
   /** Run metrics; the reader counts under `readShards`. */
   metrics?: RunMetrics
   /**
-   * Shards read at once (each by its own parser thread). Rows of one shard stay in order; rows of
+   * Shards read at once (each by its own parser process). Rows of one shard stay in order; rows of
    * different shards interleave, so that a shard whose parsing stalls (until its time budget) does not
    * hold back the others. Default 2.
    */
@@ -50,7 +50,7 @@ export type ShardRecord = ImageRow | ErrorRecord | ShardNotice
  *
  * Use it as the source of every pipeline. `inputs` are files, folders (searched recursively for
  * `*.parquet`) and glob patterns, or a plan made by `planShards`. Every byte of a file is parsed in parser
- * threads (see `ParquetReader`), one row group per task, under a time budget (`readTimeoutMs`, default
+ * processes (see `ParquetReader`), one row group per task, under a time budget (`readTimeoutMs`, default
  * 30 s) and a memory budget (`readMemoryMb`, default 512 MiB); only the needed columns (image, id, kept) are
  * decoded, binary values arrive as `Uint8Array` views into transferred buffers. `concurrency` shards are
  * read at once; rows of one shard are emitted in file order.
@@ -62,7 +62,7 @@ export type ShardRecord = ImageRow | ErrorRecord | ShardNotice
  * or a footer that is unreadable or was not parsed in time) gives one `ShardNotice`.
  * Errors: a malformed shard never errors the stream (see above); only bad options throw
  * `PipelineConfigError` (at once) and a missing input throws `InputNotFoundError`. On unsubscribe the
- * parser threads are terminated, whatever they are parsing.
+ * parser processes are killed, whatever they are parsing.
  *
  * @example
  * readShards('data/', { imageColumn: 'image', keep: ['url'] }).pipe(decodeImages({ size: 64 }))
@@ -82,8 +82,6 @@ export function readShards(
     const stage = options.metrics?.stage('readShards')
     const { reader, owned } = readerFor(options, concurrency)
     const open = new Set<ParquetSource>()
-    /** Sources a parser thread may be reading right now: closed by their lane, never under the thread. */
-    const busy = new Set<ParquetSource>()
     const closeSource = async (source: ParquetSource) => {
       if (!open.delete(source)) return
       await source.close().catch(() => {})
@@ -146,15 +144,12 @@ export function readShards(
           if (damaged !== undefined) {
             failure = new ShardReadError(info.path, facts.problem ?? `damaged: ${damaged}`, slice.rowGroup).message
           } else if (columns.length > 0) {
-            busy.add(source)
             try {
               const offset = groupStarts[slice.rowGroup]
               block = await reader.read(source, { rowGroup: slice.rowGroup, start: slice.start - offset, end: slice.end - offset, columns, ...(image ? { image } : {}) })
             } catch (error) {
               if (stopped) return
               failure = describeError(error)
-            } finally {
-              busy.delete(source)
             }
           }
           stage?.busy(performance.now() - started)
@@ -210,12 +205,12 @@ export function readShards(
       )
     return () => {
       stopped = true
-      // Terminates the parser threads at once (a stuck parse included), then closes the files: a lane may
-      // wait forever for an in-flight slot that the torn-down sink will never release. With a shared reader
-      // a file still being parsed is left to its lane, which closes it when the parse returns.
+      // Kills the parsers at once (a stuck parse included) and closes the files: a lane may wait forever for
+      // an in-flight slot that the torn-down sink will never release. (A parser handles a close only between
+      // tasks, so a shared reader's parse in progress is not disturbed.)
       void (async () => {
         if (owned) await reader.close()
-        for (const source of [...open]) if (owned || !busy.has(source)) await closeSource(source)
+        for (const source of [...open]) await closeSource(source)
       })()
     }
   })

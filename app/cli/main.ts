@@ -11,13 +11,14 @@ import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
 
 import { pipelines } from '../../pipelines/index.js'
-import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
+import { EVFLOW_VERSION, runPipeline, type RunOptions, type RunSummary } from '../../pipelines/run.js'
 import type { PipelineDefinition } from '../../pipelines/definition.js'
 import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../../src/errors.js'
 import { registerEvalCommand } from './eval-command.js'
 import { registerQueueCommands } from './queue-commands.js'
 import { addReadOptions, positiveInt, readConfigFile } from './args.js'
 import { addReadBudgetOptions, type ReadBudgetFlags } from './read-options.js'
+import { ParquetReader } from '../../src/parquet/reader.js'
 import { describeShardFile, formatDescription } from './inspect.js'
 import { formatSummary, jsonProgress, terminalProgress } from './progress.js'
 
@@ -117,6 +118,13 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       if (command.getOptionValueSource(attribute) === 'cli') flagConfig[flag.key] = flags[attribute]
     }
     const { config, run } = resolveConfig(definition, readConfigFile(flags.config), flagConfig)
+    // One set of parser processes for planning and reading (each would otherwise start its own).
+    const reader = new ParquetReader({
+      parsers: 2,
+      ...(run.readTimeoutMs === undefined ? {} : { readTimeoutMs: run.readTimeoutMs }),
+      ...(run.readMemoryMb === undefined ? {} : { readMemoryMb: run.readMemoryMb }),
+      ...(flags.debugSpin === undefined ? {} : { debugSpin: flags.debugSpin }),
+    })
     const controller = new AbortController()
     let signals = 0
     const onSignal = (signal: NodeJS.Signals) => {
@@ -124,7 +132,8 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       if (signals > 1) process.exit(EXIT.interrupted)
       process.stderr.write(`\n${definition.name}: ${signal}: stopping; shards in progress are not committed\n`)
       controller.abort(new RunInterruptedError(signal))
-      // The run stops its parser threads and writers at once; should anything still hold the process, it
+      void reader.close()
+      // The run stops its parser processes and writers at once; should anything still hold the process, it
       // ends anyway (outputs are committed by rename, so nothing half-written can look complete).
       setTimeout(() => {
         process.stderr.write(`${definition.name}: still stopping after ${SIGNAL_DEADLINE_MS} ms: exiting\n`)
@@ -143,15 +152,20 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     if (!flags.json && process.stderr.isTTY) {
       process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
     }
-    const summary = await runPipeline(definition, config, {
-      ...run,
-      inputs,
-      outDir: flags.out,
-      progress,
-      progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
-      signal: controller.signal,
-      ...(flags.debugSpin === undefined ? {} : { debugSpin: flags.debugSpin }),
-    } as RunOptions)
+    let summary: RunSummary
+    try {
+      summary = await runPipeline(definition, config, {
+        ...run,
+        inputs,
+        outDir: flags.out,
+        progress,
+        progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
+        signal: controller.signal,
+        reader,
+      } as RunOptions)
+    } finally {
+      await reader.close()
+    }
     if (!flags.json) process.stdout.write(formatSummary(summary))
     process.exitCode = summary.shards.failed > 0 ? EXIT.shardsFailed : EXIT.ok
   })

@@ -26,7 +26,7 @@ function debugSpin(text: string): DebugSpin {
 export function addReadBudgetOptions(command: Command): Command {
   return command
     .option('--read-timeout <s>', "most seconds to parse one footer or row group; past it the parser is stopped and the row group's rows become errors (default 30)", seconds)
-    .option('--read-memory <MiB>', "memory budget of one parse: the parser thread's heap and the most a row group's pages may claim (default 512)", (text: string) => {
+    .option('--read-memory <MiB>', "memory budget of one parse: a parser process's heap (its resident memory: this + 128) and the most a row group's pages may claim (default 512)", (text: string) => {
       const n = Number(text)
       if (!Number.isInteger(n) || n < 16) throw new InvalidArgumentError('expected an integer number of MiB, at least 16')
       return n

@@ -95,21 +95,25 @@ export async function resolveShardJob(
 }
 
 /**
- * Runs one shard job to a published (or already committed) output shard. Its input is parsed by parser
- * threads of its own, under the context's read budgets; a footer or row group that overruns the time budget
+ * Runs one shard job to a published (or already committed) output shard. Its input is parsed by a parser
+ * process of its own, under the context's read budgets; a footer or row group that overruns the time budget
  * fails the job with reason `timeout` (a timeout may depend on the machine's load, so the shard is retried
- * rather than committed with timed-out rows), and the threads are stopped with the job.
+ * rather than committed with timed-out rows), and the parser is stopped with the job.
  */
 export async function runShardJob(data: ShardJobData, context: RunShardContext): Promise<ShardJobResult> {
   const reader = new ParquetReader({
-    threads: 1,
+    parsers: 1,
     ...(context.readTimeoutMs === undefined ? {} : { readTimeoutMs: context.readTimeoutMs }),
     ...(context.readMemoryMb === undefined ? {} : { readMemoryMb: context.readMemoryMb }),
     ...(context.debugSpin === undefined ? {} : { debugSpin: context.debugSpin }),
   })
+  // Stopping the job stops its parser at once, even in the middle of planning.
+  const stop = () => void reader.close()
+  context.signal?.addEventListener('abort', stop, { once: true })
   try {
     return await runWithReader(data, context, reader)
   } finally {
+    context.signal?.removeEventListener('abort', stop)
     await reader.close()
   }
 }

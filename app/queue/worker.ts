@@ -7,7 +7,7 @@
  * - the pipeline or config is unusable on this worker, or the input changed since submit: failed at once
  *   (no retry: it would fail the same way);
  * - the input cannot be read (a malformed file, a file system error), or parsing one of its footers or row
- *   groups overran the read time budget (`readTimeoutMs`: the parser thread is stopped, the job fails with
+ *   groups overran the read time budget (`readTimeoutMs`: the parser is stopped, the job fails with
  *   reason `timeout`, this worker stays healthy for the next job): retried with backoff, then kept failed
  *   with its last error;
  * - the worker dies or stops renewing its lock (SIGKILL, a frozen machine, a network partition): the lock
@@ -50,7 +50,7 @@ export interface WorkerOptions {
   /** Testing only: pause this long after each row (see `RunShardContext.debugRowDelayMs`). Default 0. */
   readonly debugRowDelayMs?: number
   /**
-   * Most milliseconds to parse one footer or row group of a shard; past it the parser thread is stopped
+   * Most milliseconds to parse one footer or row group of a shard; past it the parser is stopped
    * and the job fails with reason `timeout` (retried with backoff like any unreadable shard). Default 30000.
    */
   readonly readTimeoutMs?: number

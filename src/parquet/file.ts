@@ -1,13 +1,13 @@
 /**
- * Opening Parquet files on the main thread for tools that need the footer (`inspect`, `submit`, `eval`):
- * the footer is parsed and checked in a parser thread; an AsyncBuffer over the file handle reads only the
- * byte ranges asked for. Pipelines read through {@link ParquetReader} instead, which also decodes pages
- * in its threads.
+ * Opening Parquet files in the evflow process for tools that need the footer (`inspect`, `submit`,
+ * `eval`): the footer is parsed and checked in a parser process; an AsyncBuffer over a file handle reads
+ * only the byte ranges asked for. Pipelines read through {@link ParquetReader} instead, which also decodes
+ * pages in its parsers.
  */
-import type { FileHandle } from 'node:fs/promises'
+import { open, type FileHandle } from 'node:fs/promises'
 import type { AsyncBuffer, FileMetaData } from 'hyparquet'
 
-import { ShardReadError } from '../errors.js'
+import { ShardReadError, describeError } from '../errors.js'
 import { ParquetReader, type ParquetSource, type ReadBudget, type RowGroupFacts } from './reader.js'
 
 /** Largest single read we allow a (possibly malformed) footer to ask for. */
@@ -51,26 +51,33 @@ export function fileHandleBuffer(handle: FileHandle, byteLength: number, path: s
 }
 
 /**
- * Opens a Parquet file and parses its footer in a parser thread (under the read budgets: see
- * {@link ParquetReader}); the footer comes back to this thread already checked. Throws `ShardReadError`
- * naming the file. Pass `reader` to reuse its threads; otherwise a one-thread reader is started and stopped.
+ * Opens a Parquet file and parses its footer in a parser process (under the read budgets: see
+ * {@link ParquetReader}); the footer comes back already checked. Throws `ShardReadError` naming the file.
+ * Pass `reader` to reuse its parsers; otherwise a one-parser reader is started and stopped.
  */
 export async function openParquet(path: string, options: ReadBudget & { reader?: ParquetReader } = {}): Promise<OpenParquet> {
-  const reader = options.reader ?? new ParquetReader({ threads: 1, ...budgetOf(options) })
+  const reader = options.reader ?? new ParquetReader({ parsers: 1, ...budgetOf(options) })
   let source: ParquetSource
   try {
     source = await reader.open(path, { withMetadata: true })
+    await source.close()
   } finally {
     if (!options.reader) await reader.close()
+  }
+  let handle: FileHandle
+  try {
+    handle = await open(path, 'r')
+  } catch (cause) {
+    throw new ShardReadError(path, `cannot open: ${describeError(cause)}`, undefined, { cause })
   }
   return {
     path,
     byteLength: source.byteLength,
-    buffer: fileHandleBuffer(source.handle, source.byteLength, path),
+    buffer: fileHandleBuffer(handle, source.byteLength, path),
     metadata: source.metadata!,
     footerHash: source.footerHash,
     rowGroups: source.rowGroups,
-    close: () => source.close(),
+    close: () => handle.close(),
   }
 }
 

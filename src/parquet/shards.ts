@@ -1,5 +1,5 @@
 /**
- * Planning a run's shards (footers and row counts, established in parser threads: see
+ * Planning a run's shards (footers and row counts, established in parser processes: see
  * {@link ParquetReader}): selected ranges, fingerprints, columns; and the row-group slices to read.
  */
 import { createHash } from 'node:crypto'
@@ -59,7 +59,7 @@ export function validateSelection(selection: ShardSelection): void {
 /** How planning and reading parse files: a reader to share, or the budgets of a reader of their own. */
 export interface ShardReading extends ReadBudget {
   /**
-   * Parser threads to use (never closed by the callee). Default: a reader of the callee's own, with the
+   * Parser processes to use (never closed by the callee). Default: a reader of the callee's own, with the
    * budgets above, closed when done.
    */
   reader?: ParquetReader
@@ -78,11 +78,11 @@ export function readingOf(options: ShardReading): ShardReading {
 }
 
 /** A reader for `options`: the one given (not to be closed), or a new one (to be closed by the caller). */
-export function readerFor(options: ShardReading, threads: number): { reader: ParquetReader; owned: boolean } {
+export function readerFor(options: ShardReading, parsers: number): { reader: ParquetReader; owned: boolean } {
   if (options.reader) return { reader: options.reader, owned: false }
   return {
     reader: new ParquetReader({
-      threads,
+      parsers,
       ...(options.readTimeoutMs === undefined ? {} : { readTimeoutMs: options.readTimeoutMs }),
       ...(options.readMemoryMb === undefined ? {} : { readMemoryMb: options.readMemoryMb }),
       ...(options.debugSpin === undefined ? {} : { debugSpin: options.debugSpin }),
@@ -92,7 +92,7 @@ export function readerFor(options: ShardReading, threads: number): { reader: Par
 }
 
 /**
- * Opens every input's footer (in parser threads, several at once) and plans what will be read.
+ * Opens every input's footer (in parser processes, several at once) and plans what will be read.
  * Unreadable files give failed plans, not throws.
  */
 export async function planShards(
@@ -120,7 +120,7 @@ export async function planShards(
         ),
       )
     }
-    for (let i = 0; i < Math.min(reader.threads, files.length); i++) openNext()
+    for (let i = 0; i < Math.min(reader.parsers, files.length); i++) openNext()
     const planned: PlannedShard[] = []
     let remaining = options.limit ?? Infinity
     for (const [index, path] of files.entries()) {

@@ -4,10 +4,11 @@
  * groups, inflated and zeroed `num_rows` up to 2^53, value counts, chunk offsets and sizes past the end,
  * codec swaps; plus a page that loops the decoder and one that bombs its memory), made from the fixture
  * shards and two freshly written ones, run through `runPipeline` in
- * this process, several files at once, one short read time budget.
+ * this process, several files at once, with short read budgets (1.5 s, 64 MiB).
  *
  * Every file must end on its own (within 30 s), as exit 0 or 3 would (a committed shard, or a failed shard
- * reported as data; never a throw), with peak RSS under 600 MB, and leave the output folder consistent: no
+ * reported as data; never a throw), with peak RSS under 600 MB (this process and its parser processes
+ * together), and leave the output folder consistent: no
  * temp file, a completion record per output, and as many output rows as the plan accounted for. A few files
  * also go through the built CLI (`evflow scan`), which must print no stack trace.
  */
@@ -35,6 +36,7 @@ const SEED = 17
 /** Files run at once. */
 const PARALLEL = 4
 const READ_TIMEOUT_MS = 1500
+const READ_MEMORY_MB = 64
 
 /** Reads and writes, nothing else: what the reader does with a file is what is tested. */
 const readOnly: PipelineDefinition = {
@@ -62,6 +64,7 @@ let cleanup: () => void
 let corpus: Mutant[]
 const outcomes: Outcome[] = []
 let peakRssMiB = 0
+let parserPeakMiB = 0
 let timeouts = 0
 
 beforeAll(async () => {
@@ -97,7 +100,20 @@ beforeAll(async () => {
   mkdirSync(join(dir, 'in'), { recursive: true })
   for (const m of corpus) writeFileSync(join(dir, 'in', `${m.name}.parquet`), m.bytes)
 
-  const reader = new ParquetReader({ threads: 2, readTimeoutMs: READ_TIMEOUT_MS, readMemoryMb: 128 })
+  // Peak resident memory while the corpus runs: this process plus its parser processes, sampled together
+  // (Linux /proc; elsewhere this process only), and each parser's own peak as it reported it.
+  const reader = new ParquetReader({ parsers: 2, readTimeoutMs: READ_TIMEOUT_MS, readMemoryMb: READ_MEMORY_MB })
+  const rssOf = (pid: number) => {
+    try {
+      return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024
+    } catch {
+      return 0
+    }
+  }
+  let sampled = process.memoryUsage.rss()
+  const sampler = setInterval(() => {
+    sampled = Math.max(sampled, process.memoryUsage.rss() + reader.pids.reduce((n, pid) => n + rssOf(pid), 0))
+  }, 10)
   try {
     let next = 0
     const lane = async () => {
@@ -109,9 +125,11 @@ beforeAll(async () => {
     await Promise.all(Array.from({ length: PARALLEL }, lane))
     timeouts = reader.incidents.filter((i) => i.reason === 'timeout').length
   } finally {
+    clearInterval(sampler)
     await reader.close()
   }
-  peakRssMiB = Math.round(process.resourceUsage().maxRSS / 1024)
+  peakRssMiB = Math.round(sampled / 1024 / 1024)
+  parserPeakMiB = reader.peakParserRssMiB
 }, 600_000)
 
 afterAll(() => cleanup?.())
@@ -167,10 +185,11 @@ describe('fuzz corpus (seeded)', () => {
       'failed shards (exit 3)': clean.length,
       'row groups timed out': timeouts,
       crashes: crashes.length,
-      'max RSS MiB': peakRssMiB,
+      'max RSS MiB (evflow + parsers)': peakRssMiB,
+      'max RSS MiB (one parser)': parserPeakMiB,
       'max wall ms': Math.round(maxWall),
     }
-    console.log(`fuzz corpus (seed ${SEED}, read timeout ${READ_TIMEOUT_MS} ms): ${JSON.stringify(line)}`)
+    console.log(`fuzz corpus (seed ${SEED}, read timeout ${READ_TIMEOUT_MS} ms, read memory ${READ_MEMORY_MB} MiB): ${JSON.stringify(line)}`)
     expect(crashes.map((o) => `${o.mutant.name}: ${o.crash}`)).toEqual([])
     expect(outcomes.flatMap((o) => o.problems.map((p) => `${o.mutant.name}: ${p}`))).toEqual([])
     expect(committed.length + clean.length).toBe(outcomes.length)

@@ -21,7 +21,7 @@ if (!present) {
 }
 
 /** Parser threads shared by every file here (a reader per file would start threads 37 times). */
-const reader = new ParquetReader({ threads: 2 })
+const reader = new ParquetReader({ parsers: 2 })
 afterAll(() => reader.close())
 
 /** Reads every row and every column of a file through readShards. */

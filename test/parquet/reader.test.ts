@@ -79,7 +79,7 @@ describe('ParquetReader', () => {
   })
 
   it('a parse past its time budget fails with reason timeout; the thread is replaced and the reader goes on', async () => {
-    const reader = new ParquetReader({ threads: 1, readTimeoutMs: 800 })
+    const reader = new ParquetReader({ parsers: 1, readTimeoutMs: 800 })
     try {
       const source = await reader.open(loop)
       const started = Date.now()
@@ -100,7 +100,7 @@ describe('ParquetReader', () => {
   })
 
   it('a parse past its memory budget fails its row group (reason memory or timeout), not this process', async () => {
-    const reader = new ParquetReader({ threads: 1, readMemoryMb: 64, readTimeoutMs: 20_000 })
+    const reader = new ParquetReader({ parsers: 1, readMemoryMb: 64, readTimeoutMs: 20_000 })
     try {
       const source = await reader.open(bomb)
       const error = await reader.read(source, { rowGroup: 0, start: 0, end: 100, columns: ['id'] }).catch((e: unknown) => e)
@@ -115,7 +115,7 @@ describe('ParquetReader', () => {
   it('a row group whose pages claim more than the memory budget is not decoded', async () => {
     const big = Array.from({ length: 24 }, (_, i) => new Uint8Array(1024 * 1024).fill(i))
     const path = write('big.parquet', new Uint8Array(imageShardBuffer(big.map((image, i) => ({ id: `r${i}`, image })), 24)))
-    const reader = new ParquetReader({ threads: 1, readMemoryMb: 16 })
+    const reader = new ParquetReader({ parsers: 1, readMemoryMb: 16 })
     try {
       const source = await reader.open(path)
       const error = await reader.read(source, { rowGroup: 0, start: 0, end: 24, columns: ['image'], image: { column: 'image', layout: 'binary' } }).catch((e: unknown) => e)
@@ -130,7 +130,7 @@ describe('ParquetReader', () => {
   })
 
   it('close() abandons a stuck parse at once', async () => {
-    const reader = new ParquetReader({ threads: 1, readTimeoutMs: 60_000 })
+    const reader = new ParquetReader({ parsers: 1, readTimeoutMs: 60_000 })
     const source = await reader.open(loop)
     const pending = reader.read(source, { rowGroup: 0, start: 0, end: 100, columns: ['id'] }).catch((e: unknown) => e)
     await new Promise((r) => setTimeout(r, 300))
@@ -143,7 +143,7 @@ describe('ParquetReader', () => {
   })
 
   it('a footer past its time budget fails the open with reason timeout', async () => {
-    const reader = new ParquetReader({ threads: 1, readTimeoutMs: 300, debugSpin: { stage: 'inspect', match: 'part-00001', ms: 60_000 } })
+    const reader = new ParquetReader({ parsers: 1, readTimeoutMs: 300, debugSpin: { stage: 'inspect', match: 'part-00001', ms: 60_000 } })
     try {
       const error = await reader.open(join(FIXTURE_SHARDS, 'part-00001.parquet')).catch((e: unknown) => e)
       expect(error).toBeInstanceOf(ShardReadError)
@@ -156,7 +156,7 @@ describe('ParquetReader', () => {
   })
 
   it('validates its options before starting anything', () => {
-    expect(() => new ParquetReader({ threads: 0 })).toThrow(PipelineConfigError)
+    expect(() => new ParquetReader({ parsers: 0 })).toThrow(PipelineConfigError)
     expect(() => new ParquetReader({ readTimeoutMs: 0 })).toThrow(/readTimeoutMs/)
     expect(() => new ParquetReader({ readMemoryMb: 8 })).toThrow(/readMemoryMb/)
   })

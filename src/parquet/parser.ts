@@ -1,32 +1,28 @@
 /**
- * The Parquet parser thread (a piscina worker). Every byte of an input file that a parser interprets is
- * interpreted here, never on the main thread: the footer, the page headers and the pages. The pool
- * ({@link ParquetReader}) gives each task a time budget and terminates the thread when it overruns it; the
- * thread's V8 heap is capped (piscina `resourceLimits`); and sizes the file claims are checked against the
- * bytes present before anything is allocated from them (ArrayBuffers are outside the heap cap).
+ * Parsing untrusted Parquet bytes: footers, page headers and pages. This module runs only in parser
+ * processes (`parser-process.ts`, managed by {@link ParquetReader}), never in the evflow process: the reader
+ * gives each task a time budget and kills a parser that overruns it, caps the parser's V8 heap and watches
+ * its resident memory, and sizes the file claims are checked here against the bytes present before
+ * anything is allocated from them (ArrayBuffers are outside the heap cap).
  *
- * Files are read with `readSync` on a descriptor the main thread opened and owns, so terminating a thread
- * never leaks a descriptor.
+ * A parser opens the files it is told about by path, read-only, and keeps a few open (keyed by the
+ * reader's file id) until told to forget them; killing a parser closes them.
  *
  * How a row group's row count is established (the number of output rows it gives) is documented at
  * {@link establishRows} and in docs/reliability.md.
  */
 import { createHash } from 'node:crypto'
-import { readSync } from 'node:fs'
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs'
 import { parquetMetadata, parquetReadObjects, parquetSchema, type AsyncBuffer, type ColumnChunk, type Compressors, type FileMetaData, type RowGroup, type SchemaTree } from 'hyparquet'
 import { parquetHeader } from 'hyparquet/src/column.js'
-import { move, transferableSymbol, valueSymbol } from 'piscina'
 
 import { keptFields, summarizeColumns, type ColumnSummary, type ImageColumnLayout, type TopLevelField } from './schema.js'
 
-/** A file the main thread opened for this task. */
+/** A file a task reads: the reader's id for this open of it, and its path. */
 export interface FileRef {
-  /** Unique per open within one pool: the key of the thread's footer cache. */
+  /** Unique per open within one reader: the key of the parser's open-file cache. */
   readonly fileId: number
-  /** Descriptor opened read-only by the main thread (process-wide). */
-  readonly fd: number
   readonly path: string
-  readonly byteLength: number
 }
 
 /** Parse the footer and establish every row group's row count. */
@@ -43,7 +39,7 @@ export interface InspectTask {
 export interface ReadTask {
   readonly kind: 'read'
   readonly file: FileRef
-  /** The footer hash the main thread planned with: the file must not have changed since. */
+  /** The footer hash the run was planned with: the file must not have changed since. */
   readonly footerHash: string
   readonly rowGroup: number
   /** The row group's established row count. */
@@ -51,7 +47,7 @@ export interface ReadTask {
   readonly start: number
   readonly end: number
   readonly columns: readonly string[]
-  /** The image column and its layout: its bytes come back as transferred buffers, not cloned arrays. */
+  /** The image column and its layout: its bytes come back as page buffers and offsets, not one array per value. */
   readonly image?: { readonly column: string; readonly layout: ImageColumnLayout; readonly alsoAsValues?: boolean }
   /** Most bytes the row group's selected column chunks may claim (compressed + uncompressed). */
   readonly maxBytes: number
@@ -59,8 +55,7 @@ export interface ReadTask {
   readonly debugSpinMs?: number
 }
 
-/** Every task carries a shared cell the thread writes its start time into (ms since the epoch). */
-export type ReaderTask = (InspectTask | ReadTask) & { readonly started?: BigInt64Array }
+export type ReaderTask = InspectTask | ReadTask
 
 /** What a row group holds, as established from its page headers (see {@link establishRows}). */
 export interface RowGroupFacts {
@@ -85,7 +80,10 @@ export interface FileFacts {
   readonly metadata?: FileMetaData
 }
 
-/** Binary values of one column: views into `buffers`, described by parallel typed arrays (`-1`: null). */
+/**
+ * Binary values of one column: views into `buffers`, described by parallel typed arrays (`-1`: null). The
+ * page buffers cross to the evflow process once each, never once per value.
+ */
 export interface BinaryBlock {
   readonly buffers: ArrayBuffer[]
   readonly buffer: Int32Array
@@ -101,12 +99,12 @@ export type ImageBlock =
 
 export interface RowBlock {
   readonly rows: number
-  /** Values of the non-image columns, one array per column (structured clone). */
+  /** Values of the non-image columns, one array per column. */
   readonly values: Readonly<Record<string, readonly unknown[]>>
   readonly image?: ImageBlock
 }
 
-/** A failure the thread reports as data (the task itself succeeds). */
+/** A failure a parser reports as data (the task itself succeeds). */
 export interface ReaderFailure {
   readonly failed: true
   readonly message: string
@@ -118,8 +116,6 @@ export interface ReaderFailure {
 const MAX_HEADER_BYTES = 16 * 1024 * 1024
 /** First read when scanning page headers; grown when a header does not fit. */
 const HEADER_WINDOW = 64 * 1024
-/** Footers cached per thread (a shard's footer is parsed once per thread, not once per row group). */
-const FOOTER_CACHE = 8
 
 const KNOWN_CODECS = new Set(['UNCOMPRESSED', 'SNAPPY', 'GZIP', 'BROTLI', 'LZ4', 'ZSTD', 'LZ4_RAW'])
 const DATA_ENCODINGS = new Set(['PLAIN', 'PLAIN_DICTIONARY', 'RLE', 'BIT_PACKED', 'DELTA_BINARY_PACKED', 'DELTA_LENGTH_BYTE_ARRAY', 'DELTA_BYTE_ARRAY', 'RLE_DICTIONARY', 'BYTE_STREAM_SPLIT'])
@@ -131,7 +127,7 @@ let loadedCompressors: Compressors | undefined
  * of the size the page header claims (already checked against the memory budget): without one, fzstd
  * allocates whatever the frame header says, up to 2 GB.
  */
-async function compressors(): Promise<Compressors> {
+export async function compressors(): Promise<Compressors> {
   if (!loadedCompressors) {
     const { compressors: defaults, decompressZstd } = await import('hyparquet-compressors')
     loadedCompressors = { ...defaults, ZSTD: (input: Uint8Array, length: number) => decompressZstd(input, new Uint8Array(length)) }
@@ -141,8 +137,52 @@ async function compressors(): Promise<Compressors> {
 
 class ParseError extends Error {}
 
+
+interface OpenFile {
+  readonly fd: number
+  readonly byteLength: number
+  footer?: ParsedFooter
+}
+
+/** Files open in this parser, by file id, least recently used first. */
+const files = new Map<number, OpenFile>()
+/** Files kept open at most (a shard is read by one lane at a time; a few lanes share a parser). */
+const OPEN_FILES = 8
+
+/** The open file for `file`, opened (read-only) on first use. */
+function openFile(file: FileRef): OpenFile {
+  let open = files.get(file.fileId)
+  if (open) {
+    files.delete(file.fileId)
+    files.set(file.fileId, open)
+    return open
+  }
+  let fd: number
+  try {
+    fd = openSync(file.path, 'r')
+  } catch (cause) {
+    throw new ParseError(`cannot open: ${describe(cause)}`)
+  }
+  open = { fd, byteLength: fstatSync(fd).size }
+  files.set(file.fileId, open)
+  while (files.size > OPEN_FILES) forget(files.keys().next().value!)
+  return open
+}
+
+/** Closes a file this parser holds open (the reader is done with it). */
+export function forget(fileId: number): void {
+  const open = files.get(fileId)
+  if (!open) return
+  files.delete(fileId)
+  try {
+    closeSync(open.fd)
+  } catch {
+    // already closed
+  }
+}
+
 /** Reads exactly `length` bytes at `position`, or throws. */
-function readBytes(file: FileRef, position: number, length: number): Uint8Array {
+function readBytes(file: OpenFile, position: number, length: number): Uint8Array {
   if (!Number.isSafeInteger(position) || !Number.isSafeInteger(length) || position < 0 || length < 0 || position + length > file.byteLength) {
     throw new ParseError(`read out of bounds [${position}, ${position + length}) of a ${file.byteLength}-byte file`)
   }
@@ -185,7 +225,7 @@ function leavesOf(tree: SchemaTree): Leaf[] {
   return leaves
 }
 
-function parseFooter(file: FileRef): ParsedFooter {
+function parseFooter(file: OpenFile): ParsedFooter {
   const size = file.byteLength
   if (size < 12) throw new ParseError(`not a Parquet file (${size} bytes)`)
   const tail = readBytes(file, size - 8, 8)
@@ -286,7 +326,7 @@ interface ChunkPages {
  * header must hold the fields the format requires, with sane values; otherwise throws `ParseError`.
  * Reads only the headers (windowed), never the page data.
  */
-function walkPages(file: FileRef, start: number, end: number): ChunkPages {
+function walkPages(file: OpenFile, start: number, end: number): ChunkPages {
   let window: Uint8Array = new Uint8Array(0)
   let windowStart = start
   let offset = start
@@ -400,7 +440,7 @@ function isCount(value: unknown): value is number {
  * confirms it; a column is damaged in it (rows read with it are error rows) when its chunk's metadata, byte
  * range, page headers or counts are bad.
  */
-function establishRows(file: FileRef, footer: ParsedFooter, index: number): RowGroupFacts {
+function establishRows(file: OpenFile, footer: ParsedFooter, index: number): RowGroupFacts {
   const group = footer.metadata.row_groups[index]
   if (!group || typeof group !== 'object') throw new ParseError(`row group ${index}: missing`)
   const claimedBig = group.num_rows
@@ -516,19 +556,13 @@ function winner(votes: readonly number[], preferred: number): number | undefined
 // ---------------------------------------------------------------------------------------------------------
 // Tasks
 
-const footers = new Map<number, ParsedFooter>()
-
-function footerOf(file: FileRef, expectedHash?: string): ParsedFooter {
-  let footer = footers.get(file.fileId)
-  if (!footer) {
-    footer = parseFooter(file)
-    footers.set(file.fileId, footer)
-    while (footers.size > FOOTER_CACHE) footers.delete(footers.keys().next().value!)
-  }
-  if (expectedHash !== undefined && footer.footerHash !== expectedHash) {
+/** The file's footer, parsed once per open; with `expectedHash`, the file must not have changed since. */
+function footerOf(file: OpenFile, expectedHash?: string): ParsedFooter {
+  file.footer ??= parseFooter(file)
+  if (expectedHash !== undefined && file.footer.footerHash !== expectedHash) {
     throw new ParseError('the file changed since it was planned (its footer differs)')
   }
-  return footer
+  return file.footer
 }
 
 /** Testing only: a parser stuck in a loop. */
@@ -542,19 +576,21 @@ function spin(ms: number | undefined): void {
 
 function inspect(task: InspectTask): FileFacts | ReaderFailure {
   let footer: ParsedFooter
+  let file: OpenFile
   try {
     spin(task.debugSpinMs)
-    footer = footerOf(task.file)
+    file = openFile(task.file)
+    footer = footerOf(file)
   } catch (error) {
     return failure(error)
   }
   try {
-    const rowGroups = footer.metadata.row_groups.map((_, i) => establishRows(task.file, footer, i))
+    const rowGroups = footer.metadata.row_groups.map((_, i) => establishRows(file, footer, i))
     let total = 0
     for (const g of rowGroups) total += g.rows
     if (!Number.isSafeInteger(total)) throw new ParseError('row count too large')
     const facts: FileFacts = {
-      byteLength: task.file.byteLength,
+      byteLength: file.byteLength,
       footerHash: footer.footerHash,
       columns: summarizeColumns(footer.metadata),
       fields: keptFields(footer.tree),
@@ -571,7 +607,8 @@ function inspect(task: InspectTask): FileFacts | ReaderFailure {
 async function read(task: ReadTask): Promise<RowBlock | ReaderFailure> {
   try {
     spin(task.debugSpinMs)
-    const footer = footerOf(task.file, task.footerHash)
+    const file = openFile(task.file)
+    const footer = footerOf(file, task.footerHash)
     const group = footer.metadata.row_groups[task.rowGroup]
     if (!group) throw new ParseError('no such row group')
     if (Number(group.num_rows) !== task.rows) throw new ParseError(`the footer claims ${String(group.num_rows)} rows, the plan ${task.rows}`)
@@ -581,7 +618,7 @@ async function read(task: ReadTask): Promise<RowBlock | ReaderFailure> {
     for (const c of chunks) {
       if (!wanted.has(c.leaf.path[0])) continue
       if (c.problem || !c.range) throw new ParseError(c.problem ?? 'invalid column chunk')
-      const pages = walkPages(task.file, c.range.start, c.range.end)
+      const pages = walkPages(file, c.range.start, c.range.end)
       const name = c.leaf.path.join('.')
       if (c.leaf.maxRepetition === 0 && pages.values !== task.rows) throw new ParseError(`column ${name}'s pages hold ${pages.values} values for ${task.rows} rows`)
       if (c.leaf.maxRepetition > 0 && (pages.values < task.rows || (pages.v2Rows !== undefined && pages.v2Rows !== task.rows))) {
@@ -594,7 +631,7 @@ async function read(task: ReadTask): Promise<RowBlock | ReaderFailure> {
       throw new ParseError(`memory: decoding needs about ${mib(bytes)} MiB, more than the read memory budget of ${mib(task.maxBytes)} MiB (raise --read-memory)`)
     }
     const rows = (await parquetReadObjects({
-      file: fileBuffer(task.file),
+      file: fileBuffer(file),
       metadata: { ...footer.metadata, row_groups: [group] },
       columns: [...task.columns],
       rowStart: task.start,
@@ -609,8 +646,8 @@ async function read(task: ReadTask): Promise<RowBlock | ReaderFailure> {
   }
 }
 
-/** An AsyncBuffer over the task's descriptor (reads are synchronous: this thread does nothing else). */
-function fileBuffer(file: FileRef): AsyncBuffer {
+/** An AsyncBuffer over the open file (reads are synchronous: a parser does nothing else meanwhile). */
+function fileBuffer(file: OpenFile): AsyncBuffer {
   return {
     byteLength: file.byteLength,
     slice(start: number, end?: number): ArrayBuffer {
@@ -657,7 +694,7 @@ function pack(rows: readonly Record<string, unknown>[], task: ReadTask): RowBloc
   }
 }
 
-/** Describes Uint8Array values as views into their (transferred) buffers: no copy, no per-value clone. */
+/** Describes Uint8Array values as views into their page buffers: no copy here, no per-value clone. */
 function binaryBlock(cells: readonly unknown[]): BinaryBlock {
   const buffers: ArrayBuffer[] = []
   const index = new Map<ArrayBufferLike, number>()
@@ -695,21 +732,8 @@ function mib(bytes: number): number {
   return Math.round((bytes / 1024 / 1024) * 10) / 10
 }
 
-/** The buffers a result transfers instead of copying. */
-function transferables(block: RowBlock): ArrayBuffer[] {
-  const image = block.image
-  if (!image) return []
-  const binary = image.layout === 'frames' ? image.frames : image.bytes
-  const list: ArrayBuffer[] = [...binary.buffers, binary.buffer.buffer as ArrayBuffer, binary.offset.buffer as ArrayBuffer, binary.length.buffer as ArrayBuffer]
-  if (image.layout === 'frames') list.push(image.counts.buffer as ArrayBuffer)
-  return list.filter((b, i) => list.indexOf(b) === i && !(b instanceof SharedArrayBuffer))
-}
-
-/** The piscina task function. */
-export default async function run(task: ReaderTask): Promise<unknown> {
-  if (task.started) Atomics.store(task.started, 0, BigInt(Date.now()))
+/** Runs one task. Failures a file causes are returned as `ReaderFailure`, never thrown. */
+export async function runTask(task: ReaderTask): Promise<FileFacts | RowBlock | ReaderFailure> {
   if (task.kind === 'inspect') return inspect(task)
-  const result = await read(task)
-  if ('failed' in result) return result
-  return move({ [transferableSymbol]: transferables(result), [valueSymbol]: result } as never)
+  return read(task)
 }
