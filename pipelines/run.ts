@@ -24,7 +24,7 @@ import {
   type OutputLayout,
 } from '../src/parquet/commit.js'
 import { checkOutputFolder } from '../src/parquet/inputs.js'
-import { planShards, type PlannedShard, type ShardColumns, type ShardSelection } from '../src/parquet/shards.js'
+import { planShards, readingOf, type PlannedShard, type ShardColumns, type ShardReading, type ShardSelection } from '../src/parquet/shards.js'
 import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
 import { acquireFolderLock } from '../src/engine/lock.js'
@@ -33,7 +33,7 @@ import { configHash, mergeReadColumns, outputSettings, type PipelineDefinition }
 
 export const EVFLOW_VERSION = '0.1.0'
 
-export interface RunOptions extends ShardSelection, Omit<ShardColumns, 'requireImage'> {
+export interface RunOptions extends ShardSelection, Omit<ShardColumns, 'requireImage'>, ShardReading {
   inputs: readonly string[]
   /**
    * Shards already planned (by `planShards`, possibly renamed): used instead of planning `inputs`.
@@ -138,6 +138,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
     ...(options.rows === undefined ? {} : { rows: options.rows }),
     ...(options.rowGroups === undefined ? {} : { rowGroups: options.rowGroups }),
     ...(options.limit === undefined ? {} : { limit: options.limit }),
+    ...readingOf(options),
   }
   const planned = options.plan ?? (await planShards(options.inputs, readOptions))
   checkOutputFolder(options.outDir, options.inputs, planned.map((p) => p.plan.info.path))

@@ -59,17 +59,25 @@ export class InputNotFoundError extends EvflowError {
   }
 }
 
+/**
+ * Why a shard or row group cannot be read: its bytes are damaged or not Parquet (`corrupt`), or parsing
+ * overran its time (`timeout`) or memory (`memory`) budget (see docs/reliability.md).
+ */
+export type ShardReadReason = 'corrupt' | 'timeout' | 'memory'
+
 /** A Parquet shard (or one of its row groups) cannot be read. */
 export class ShardReadError extends EvflowError {
   readonly name = 'ShardReadError' as const
   override readonly exitCode = 3
+  readonly reason: ShardReadReason
   constructor(
     readonly file: string,
     message: string,
     readonly rowGroup?: number,
-    options?: EvflowErrorOptions,
+    options?: EvflowErrorOptions & { reason?: ShardReadReason },
   ) {
     super(`${file}${rowGroup === undefined ? '' : ` (row group ${rowGroup})`}: ${message}`, options)
+    this.reason = options?.reason ?? 'corrupt'
   }
 }
 

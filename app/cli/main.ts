@@ -11,12 +11,14 @@ import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
 
 import { pipelines } from '../../pipelines/index.js'
-import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
+import { EVFLOW_VERSION, runPipeline, type RunOptions, type RunSummary } from '../../pipelines/run.js'
 import { flagHelp, type PipelineDefinition } from '../../pipelines/definition.js'
 import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../../src/errors.js'
 import { registerEvalCommand } from './eval-command.js'
 import { registerQueueCommands } from './queue-commands.js'
 import { addReadOptions, positiveInt, readConfigFile } from './args.js'
+import { addReadBudgetOptions, type ReadBudgetFlags } from './read-options.js'
+import { ParquetReader } from '../../src/parquet/reader.js'
 import { describeShardFile, formatDescription } from './inspect.js'
 import { formatSummary, jsonProgress, recordSeries, teeProgress, terminalProgress } from './progress.js'
 import { registerReportCommand, reportAfterRun } from './report-command.js'
@@ -31,7 +33,10 @@ export const EXIT = {
   modelCannotRun: 6,
 } as const
 
-const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite'] as const
+const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite', 'readTimeoutMs', 'readMemoryMb'] as const
+
+/** After the first Ctrl-C / SIGTERM, the process ends by this deadline whatever is still running. */
+const SIGNAL_DEADLINE_MS = 2500
 
 /** Merges defaults < config file < flags into one frozen config; throws `PipelineConfigError` naming the field. */
 export function resolveConfig(
@@ -57,7 +62,7 @@ export function resolveConfig(
   return { config: Object.freeze(parsed.data as object), run: run as Partial<RunOptions> }
 }
 
-interface CommonFlags {
+interface CommonFlags extends ReadBudgetFlags {
   out: string
   config?: string
   imageColumn?: string
@@ -85,6 +90,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
     .option('--verbose', 'print stacks on errors')
     .option('--report', 'at the end, write an HTML report to <out>/_evflow/report.html (see evflow report)')
+  addReadBudgetOptions(command)
   for (const flag of definition.flags) {
     // The default shown is the pipeline's own (`vqa`: 8 new tokens, `caption`: 32).
     const option = new Option(flag.flags, flagHelp(flag, definition.defaults))
@@ -107,6 +113,8 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       limit: flags.limit,
       overwrite: flags.overwrite,
       maxRecordsInFlight: flags.maxInFlight,
+      readTimeoutMs: flags.readTimeout,
+      readMemoryMb: flags.readMemory,
     }
     for (const flag of definition.flags) {
       const attribute = new Option(flag.flags).attributeName()
@@ -114,6 +122,13 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       if (command.getOptionValueSource(attribute) === 'cli') flagConfig[flag.key] = flags[attribute]
     }
     const { config, run } = resolveConfig(definition, readConfigFile(flags.config), flagConfig)
+    // One set of parser processes for planning and reading (each would otherwise start its own).
+    const reader = new ParquetReader({
+      parsers: 2,
+      ...(run.readTimeoutMs === undefined ? {} : { readTimeoutMs: run.readTimeoutMs }),
+      ...(run.readMemoryMb === undefined ? {} : { readMemoryMb: run.readMemoryMb }),
+      ...(flags.debugSpin === undefined ? {} : { debugSpin: flags.debugSpin }),
+    })
     const controller = new AbortController()
     let signals = 0
     const onSignal = (signal: NodeJS.Signals) => {
@@ -121,6 +136,13 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       if (signals > 1) process.exit(EXIT.interrupted)
       process.stderr.write(`\n${definition.name}: ${signal}: stopping; shards in progress are not committed\n`)
       controller.abort(new RunInterruptedError(signal))
+      void reader.close()
+      // The run stops its parser processes and writers at once; should anything still hold the process, it
+      // ends anyway (outputs are committed by rename, so nothing half-written can look complete).
+      setTimeout(() => {
+        process.stderr.write(`${definition.name}: still stopping after ${SIGNAL_DEADLINE_MS} ms: exiting\n`)
+        process.exit(EXIT.interrupted)
+      }, SIGNAL_DEADLINE_MS).unref()
     }
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
@@ -135,14 +157,21 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
     }
     const series = recordSeries(flags.out)
-    const summary = await runPipeline(definition, config, {
-      ...run,
-      inputs,
-      outDir: flags.out,
-      progress: teeProgress(progress, series),
-      progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
-      signal: controller.signal,
-    } as RunOptions).finally(() => series.done())
+    let summary: RunSummary
+    try {
+      summary = await runPipeline(definition, config, {
+        ...run,
+        inputs,
+        outDir: flags.out,
+        progress: teeProgress(progress, series),
+        progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
+        signal: controller.signal,
+        reader,
+      } as RunOptions)
+    } finally {
+      series.done()
+      await reader.close()
+    }
     if (!flags.json) process.stdout.write(formatSummary(summary))
     if (flags.report) await reportAfterRun(flags.out, flags.json === true)
     process.exitCode = summary.shards.failed > 0 ? EXIT.shardsFailed : EXIT.ok
@@ -177,7 +206,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   process.stdout.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') process.exit(EXIT.ok)
   })
-  // hyparquet may leave a rejection of a malformed file unobserved; it must not kill the run.
+  // A rejection left unobserved (by a library, on a malformed input) must not kill the run.
   process.on('unhandledRejection', (reason) => {
     process.stderr.write(`evflow: warning: ignored an unhandled rejection: ${describeError(reason)}\n`)
   })

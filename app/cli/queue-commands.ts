@@ -9,6 +9,7 @@ import type { RunOptions } from '../../pipelines/run.js'
 import type { PipelineDefinition, PipelineFlag } from '../../pipelines/definition.js'
 import { PipelineConfigError } from '../../src/errors.js'
 import { addReadOptions, nonNegativeInt, positiveInt, readConfigFile } from './args.js'
+import { addReadBudgetOptions, readBudgetOf, type ReadBudgetFlags } from './read-options.js'
 import { DEFAULT_QUEUE_NAME, queueAddress } from '../queue/connection.js'
 // bullmq is imported by the actions only, so that other commands do not pay for loading it.
 import type { SubmitReport } from '../queue/submit.js'
@@ -141,7 +142,7 @@ function formatSubmit(report: SubmitReport, config: object, url: string): string
   )
 }
 
-interface WorkerFlags extends QueueFlags {
+interface WorkerFlags extends QueueFlags, ReadBudgetFlags {
   concurrency?: number
   lockMs?: number
   stalledMs?: number
@@ -167,6 +168,7 @@ function addWorkerCommand(program: Command): void {
     .option('--json', 'log JSON lines (the default when stderr is not a terminal)')
     .option('--verbose', 'print stacks on errors')
     .addOption(new Option('--debug-row-delay-ms <ms>', 'testing only: pause after each row').argParser(nonNegativeInt).hideHelp())
+  addReadBudgetOptions(command)
   command.addHelpText('after', `\nExample:\n  evflow worker --queue redis://10.0.0.5:6379 --concurrency 1\n\nStop with SIGTERM or Ctrl-C (twice: put current shards back at once).${QUEUE_EXIT_HELP}`)
   command.action(async (flags: WorkerFlags) => {
     const queue = address(flags)
@@ -183,6 +185,7 @@ function addWorkerCommand(program: Command): void {
       ...(flags.stopTimeout === undefined ? {} : { stopTimeoutMs: flags.stopTimeout * 1000 }),
       ...(flags.progressMs === undefined ? {} : { progressIntervalMs: flags.progressMs }),
       ...(flags.debugRowDelayMs === undefined ? {} : { debugRowDelayMs: flags.debugRowDelayMs }),
+      ...readBudgetOf(flags),
       exitWhenIdle: flags.exitWhenIdle === true,
     })
     let signals = 0

@@ -9,12 +9,13 @@ import { pipelines as registry } from '../../pipelines/index.js'
 import { runConfig, runPipeline, type ProgressSink, type RunOptions } from '../../pipelines/run.js'
 import { mergeReadColumns, type PipelineDefinition } from '../../pipelines/definition.js'
 import { PipelineConfigError, ShardReadError, ShardWriteError } from '../../src/errors.js'
-import { planShards, type PlannedShard } from '../../src/parquet/shards.js'
+import { ParquetReader, type ReadBudget } from '../../src/parquet/reader.js'
+import { planShards, type PlannedShard, type ShardReading } from '../../src/parquet/shards.js'
 import type { KeyedRecord } from '../../src/records.js'
 import type { ShardJobData, ShardJobProgress, ShardJobResult } from './job.js'
 import type { ShardStore } from './store.js'
 
-export interface RunShardContext {
+export interface RunShardContext extends ReadBudget {
   /** Where the shard is published. */
   readonly store: ShardStore
   /** Names this attempt's staging folder (e.g. the job id and attempt number). */
@@ -29,6 +30,8 @@ export interface RunShardContext {
   readonly progressIntervalMs?: number
   /** Testing only: wait this long after each row leaves the pipeline's stages (to make a shard slow). Default 0. */
   readonly debugRowDelayMs?: number
+  /** Testing only: see `ParquetReaderOptions.debugSpin`. */
+  readonly debugSpin?: ShardReading['debugSpin']
   /** Pipeline registry. Default: `pipelines/index.ts`. */
   readonly pipelines?: Readonly<Record<string, PipelineDefinition<object, KeyedRecord>>>
   /** Also receives the run's progress calls (the worker's time series for `evflow report`). Default: none. */
@@ -52,6 +55,7 @@ export interface ResolvedShardJob {
 export async function resolveShardJob(
   data: ShardJobData,
   pipelines: Readonly<Record<string, PipelineDefinition<object, KeyedRecord>>> = registry,
+  reading: ShardReading = {},
 ): Promise<ResolvedShardJob> {
   const definition = pipelines[data.pipeline]
   if (!definition) {
@@ -75,6 +79,7 @@ export async function resolveShardJob(
   const [planned] = await planShards([data.input], {
     ...mergeReadColumns(definition.read(config), read),
     ...(data.rows === null ? {} : { rows: data.rows }),
+    ...reading,
   })
   if (!planned.plan.ok) throw planned.plan.error
   if (data.fingerprint !== '' && planned.plan.info.fingerprint !== data.fingerprint) {
@@ -91,10 +96,33 @@ export async function resolveShardJob(
   }
 }
 
-/** Runs one shard job to a published (or already committed) output shard. */
+/**
+ * Runs one shard job to a published (or already committed) output shard. Its input is parsed by a parser
+ * process of its own, under the context's read budgets; a footer or row group that overruns the time budget
+ * fails the job with reason `timeout` (a timeout may depend on the machine's load, so the shard is retried
+ * rather than committed with timed-out rows), and the parser is stopped with the job.
+ */
 export async function runShardJob(data: ShardJobData, context: RunShardContext): Promise<ShardJobResult> {
+  const reader = new ParquetReader({
+    parsers: 1,
+    ...(context.readTimeoutMs === undefined ? {} : { readTimeoutMs: context.readTimeoutMs }),
+    ...(context.readMemoryMb === undefined ? {} : { readMemoryMb: context.readMemoryMb }),
+    ...(context.debugSpin === undefined ? {} : { debugSpin: context.debugSpin }),
+  })
+  // Stopping the job stops its parser at once, even in the middle of planning.
+  const stop = () => void reader.close()
+  context.signal?.addEventListener('abort', stop, { once: true })
+  try {
+    return await runWithReader(data, context, reader)
+  } finally {
+    context.signal?.removeEventListener('abort', stop)
+    await reader.close()
+  }
+}
+
+async function runWithReader(data: ShardJobData, context: RunShardContext, reader: ParquetReader): Promise<ShardJobResult> {
   const started = performance.now()
-  const job = await resolveShardJob(data, context.pipelines)
+  const job = await resolveShardJob(data, context.pipelines, { reader })
   const info = job.planned.plan.info
   const result = (fields: Omit<ShardJobResult, 'shard' | 'durationMs' | 'worker'>): ShardJobResult => ({
     shard: data.shard,
@@ -115,6 +143,7 @@ export async function runShardJob(data: ShardJobData, context: RunShardContext):
       plan: [job.planned],
       outDir: staging.dir,
       lock: false,
+      reader,
       ...(context.signal === undefined ? {} : { signal: context.signal }),
       // Rows that have reached the writer (written rows only grow a row group at a time).
       progress: {
@@ -127,6 +156,8 @@ export async function runShardJob(data: ShardJobData, context: RunShardContext):
       },
       progressIntervalMs: context.progressIntervalMs ?? 1000,
     })
+    const timeout = reader.incidents.find((i) => i.reason === 'timeout')
+    if (timeout) throw new ShardReadError(data.input, timeout.message, timeout.rowGroup, { reason: 'timeout' })
     if (summary.shards.failed > 0) {
       const failure = summary.failedShards[0]
       throw new ShardReadError(data.input, failure.error.startsWith(data.input) ? failure.error.slice(data.input.length).replace(/^:\s*/, '') : failure.error)

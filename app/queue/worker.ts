@@ -6,8 +6,10 @@
  * Failures and what happens:
  * - the pipeline or config is unusable on this worker, or the input changed since submit: failed at once
  *   (no retry: it would fail the same way);
- * - the input cannot be read (a malformed file, a file system error): retried with backoff, then kept
- *   failed with its last error;
+ * - the input cannot be read (a malformed file, a file system error), or parsing one of its footers or row
+ *   groups overran the read time budget (`readTimeoutMs`: the parser is stopped, the job fails with
+ *   reason `timeout`, this worker stays healthy for the next job): retried with backoff, then kept failed
+ *   with its last error;
  * - the worker dies or stops renewing its lock (SIGKILL, a frozen machine, a network partition): the lock
  *   lapses, another worker's stalled check puts the job back in the queue, and another worker runs it;
  * - the lock lapses while this worker still runs the job (SIGSTOP, a long GC pause): lock renewal fails,
@@ -23,6 +25,7 @@ import { resolve } from 'node:path'
 import { Queue, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq'
 
 import { PipelineConfigError, QueueError, describeError } from '../../src/errors.js'
+import { ParquetReader, type DebugSpin } from '../../src/parquet/reader.js'
 import { describeQueue, workerConnection, type QueueAddress } from './connection.js'
 import { shardJobSchema, type ShardJobData, type ShardJobResult } from './job.js'
 import { runShardJob } from './run-shard.js'
@@ -47,6 +50,15 @@ export interface WorkerOptions {
   readonly progressIntervalMs?: number
   /** Testing only: pause this long after each row (see `RunShardContext.debugRowDelayMs`). Default 0. */
   readonly debugRowDelayMs?: number
+  /**
+   * Most milliseconds to parse one footer or row group of a shard; past it the parser is stopped
+   * and the job fails with reason `timeout` (retried with backoff like any unreadable shard). Default 30000.
+   */
+  readonly readTimeoutMs?: number
+  /** Memory budget of one parse, in MiB (see `ParquetReader`). Default 512. */
+  readonly readMemoryMb?: number
+  /** Testing only: see `ParquetReaderOptions.debugSpin`. */
+  readonly debugSpin?: DebugSpin
   /** Name stored on jobs this worker runs. Default `host:pid`. */
   readonly name?: string
   /** Receives one event per line-worthy happening. Default: none. */
@@ -93,6 +105,7 @@ const LOCK_LOST = 'lock-lost'
 
 /** Starts a worker; it runs until stopped. Throws `QueueError` when Redis cannot be reached at start. */
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
+  ParquetReader.validate(options)
   const name = options.name ?? `${hostname()}:${process.pid}`
   const queueLabel = describeQueue(options.address)
   const log = options.log ?? (() => {})
@@ -139,6 +152,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         },
         progressIntervalMs: options.progressIntervalMs ?? 1000,
         debugRowDelayMs: options.debugRowDelayMs ?? 0,
+        ...(options.readTimeoutMs === undefined ? {} : { readTimeoutMs: options.readTimeoutMs }),
+        ...(options.readMemoryMb === undefined ? {} : { readMemoryMb: options.readMemoryMb }),
+        ...(options.debugSpin === undefined ? {} : { debugSpin: options.debugSpin }),
       }).finally(() => tracked.done())
       log({ event: 'job-done', job: id, ...result })
       return result

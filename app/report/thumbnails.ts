@@ -9,8 +9,8 @@
 import sharp from 'sharp'
 
 import { describeError } from '../../src/errors.js'
-import { openParquet, rowGroupRanges } from '../../src/parquet/file.js'
-import { planShards, readSlice, type PlannedShard } from '../../src/parquet/shards.js'
+import { imageCells, ParquetReader, type ParquetSource } from '../../src/parquet/reader.js'
+import { planShards, rowGroupRanges, type PlannedShard } from '../../src/parquet/shards.js'
 import type { CommittedShard, RowRef } from './read-output.js'
 
 export interface Thumbnail {
@@ -73,6 +73,8 @@ export async function makeThumbnails(
   const encode = async (cell: Uint8Array, side: number, quality: number): Promise<{ data: string; width: number; height: number } | null> => {
     if (cell.byteLength === 0) throw new Error('0 bytes')
     if (cell.byteLength > maxBytes) throw new Error(`${cell.byteLength} bytes exceeds ${maxBytes}`)
+    // SVG rendering cannot be stopped by sharp's timeout (docs/reliability.md, Images): not rendered here.
+    if (looksLikeXml(cell)) throw new Error('SVG / XML images are not rendered in the report')
     const input = Buffer.from(cell.buffer, cell.byteOffset, cell.byteLength)
     const { data, info } = await sharp(input, { limitInputPixels: maxPixels, pages: 1, failOn: 'none' })
       .timeout({ seconds: 10 })
@@ -121,70 +123,96 @@ export async function makeThumbnails(
     list.push(ref)
     byShard.set(ref.shard, list)
   }
-  for (const shard of shards) {
-    const wanted = byShard.get(shard.record.shard)
-    if (!wanted || wanted.length === 0) continue
-    const fail = (reason: string) => wanted.forEach((r) => results.set(rowKey(r), { ok: false, reason }))
-    const { record } = shard
-    let planned: PlannedShard
-    try {
-      ;[planned] = await planShards([record.input], {
-        rows: [record.rowStart, record.rowEnd],
-        ...(options.imageColumn === undefined ? {} : { imageColumn: options.imageColumn }),
-      })
-    } catch (error) {
-      fail(`input ${describeError(error)}`)
-      continue
-    }
-    if (!planned.plan.ok) {
-      fail(`input cannot be read now: ${planned.plan.error.message}`)
-      continue
-    }
-    if (planned.plan.info.fingerprint !== record.inputFingerprint) {
-      fail(`input ${record.input} changed since the run (its fingerprint differs)`)
-      continue
-    }
-    const column = planned.plan.info.imageColumn
-    if (column === undefined) {
-      fail(`input ${record.input} has no image column${planned.imageProblem ? ` (${planned.imageProblem})` : ''}`)
-      continue
-    }
-    let file
-    try {
-      file = await openParquet(record.input)
-    } catch (error) {
-      fail(describeError(error))
-      continue
-    }
-    try {
-      const groups = rowGroupRanges(file.metadata)
-      const sorted = [...wanted].sort((a, b) => a.inputRow - b.inputRow)
-      let i = 0
-      for (const [rowGroup, g] of groups.entries()) {
-        const inGroup: RowRef[] = []
-        while (i < sorted.length && sorted[i].inputRow < g.end) {
-          if (sorted[i].inputRow >= g.start) inGroup.push(sorted[i])
-          i++
-        }
-        if (inGroup.length === 0) continue
-        const start = inGroup[0].inputRow
-        const end = inGroup[inGroup.length - 1].inputRow + 1
-        let cells: Record<string, unknown>[]
-        try {
-          cells = await readSlice(file, { rowGroup, start, end }, [column])
-          inputRowGroupsRead += 1
-        } catch (error) {
-          inGroup.forEach((r) => results.set(rowKey(r), { ok: false, reason: describeError(error) }))
+  // Input files are untrusted: they are parsed in budgeted parser processes, as a run parses them.
+  const reader = new ParquetReader({ parsers: 1 })
+  try {
+    for (const shard of shards) {
+      const wanted = byShard.get(shard.record.shard)
+      if (!wanted || wanted.length === 0) continue
+      const fail = (reason: string) => wanted.forEach((r) => results.set(rowKey(r), { ok: false, reason }))
+      const { record } = shard
+      let planned: PlannedShard
+      try {
+        ;[planned] = await planShards([record.input], {
+          rows: [record.rowStart, record.rowEnd],
+          reader,
+          ...(options.imageColumn === undefined ? {} : { imageColumn: options.imageColumn }),
+        })
+      } catch (error) {
+        fail(`input ${describeError(error)}`)
+        continue
+      }
+      if (!planned.plan.ok) {
+        fail(`input cannot be read now: ${planned.plan.error.message}`)
+        continue
+      }
+      if (planned.plan.info.fingerprint !== record.inputFingerprint) {
+        fail(`input ${record.input} changed since the run (its fingerprint differs)`)
+        continue
+      }
+      const column = planned.plan.info.imageColumn
+      if (column === undefined) {
+        fail(`input ${record.input} has no image column${planned.imageProblem ? ` (${planned.imageProblem})` : ''}`)
+        continue
+      }
+      let source: ParquetSource
+      try {
+        source = await reader.open(record.input)
+      } catch (error) {
+        fail(describeError(error))
+        continue
+      }
+      try {
+        const layout = source.columns.find((c) => c.name === column)?.image
+        if (layout === undefined) {
+          fail(`input ${record.input}: column ${column} holds no image bytes`)
           continue
         }
-        for (const ref of inGroup) results.set(rowKey(ref), await thumbnail(cells[ref.inputRow - start]?.[column]))
+        const groups = rowGroupRanges(source)
+        const sorted = [...wanted].sort((a, b) => a.inputRow - b.inputRow)
+        let i = 0
+        for (const [rowGroup, g] of groups.entries()) {
+          const inGroup: RowRef[] = []
+          while (i < sorted.length && sorted[i].inputRow < g.end) {
+            if (sorted[i].inputRow >= g.start) inGroup.push(sorted[i])
+            i++
+          }
+          if (inGroup.length === 0) continue
+          const start = inGroup[0].inputRow
+          const end = inGroup[inGroup.length - 1].inputRow + 1
+          let cells: ReturnType<typeof imageCells>
+          try {
+            const block = await reader.read(source, { rowGroup, start: start - g.start, end: end - g.start, columns: [column], image: { column, layout } })
+            cells = block.image ? imageCells(block.image, block.rows) : []
+            inputRowGroupsRead += 1
+          } catch (error) {
+            inGroup.forEach((r) => results.set(rowKey(r), { ok: false, reason: describeError(error) }))
+            continue
+          }
+          for (const ref of inGroup) {
+            const cell = cells[ref.inputRow - start]
+            results.set(rowKey(ref), await thumbnail(cell?.frames ?? cell?.image ?? null))
+          }
+        }
+        for (const ref of sorted) if (!results.has(rowKey(ref))) results.set(rowKey(ref), { ok: false, reason: `row ${ref.inputRow} is not in ${record.input}` })
+      } finally {
+        await source.close().catch(() => {})
       }
-      for (const ref of sorted) if (!results.has(rowKey(ref))) results.set(rowKey(ref), { ok: false, reason: `row ${ref.inputRow} is not in ${record.input}` })
-    } finally {
-      await file.close().catch(() => {})
     }
+  } finally {
+    await reader.close()
   }
   return { results, bytes, inputRowGroupsRead }
+}
+
+/** Whether the bytes start like an XML document (SVG), after any byte-order mark and white space. */
+function looksLikeXml(bytes: Uint8Array): boolean {
+  for (let i = 0; i < Math.min(bytes.byteLength, 64); i++) {
+    const b = bytes[i]
+    if (b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d || b === 0xef || b === 0xbb || b === 0xbf) continue
+    return b === 0x3c // '<'
+  }
+  return false
 }
 
 /** The bytes of an image cell: binary, or a Hugging Face `{bytes, path}` struct. */

@@ -1,12 +1,14 @@
 /**
- * Opening Parquet files for reading: an AsyncBuffer over one file handle (reads only the byte ranges
- * hyparquet asks for, never the whole file), the footer, and a content fingerprint.
+ * Opening Parquet files in the evflow process for tools that need the footer (`inspect`, `submit`,
+ * `eval`): the footer is parsed and checked in a parser process; an AsyncBuffer over a file handle reads
+ * only the byte ranges asked for. Pipelines read through {@link ParquetReader} instead, which also decodes
+ * pages in its parsers.
  */
-import { createHash } from 'node:crypto'
 import { open, type FileHandle } from 'node:fs/promises'
-import { parquetMetadata, type AsyncBuffer, type FileMetaData } from 'hyparquet'
+import type { AsyncBuffer, FileMetaData } from 'hyparquet'
 
-import { ShardReadError } from '../errors.js'
+import { ShardReadError, describeError } from '../errors.js'
+import { ParquetReader, type ParquetSource, type ReadBudget, type RowGroupFacts } from './reader.js'
 
 /** Largest single read we allow a (possibly malformed) footer to ask for. */
 const MAX_SLICE_BYTES = 1024 * 1024 * 1024
@@ -18,6 +20,8 @@ export interface OpenParquet {
   readonly metadata: FileMetaData
   /** sha256 of the file size and the footer bytes. */
   readonly footerHash: string
+  /** Each row group's row count as established from its page headers (see docs/reliability.md). */
+  readonly rowGroups: readonly RowGroupFacts[]
   close(): Promise<void>
 }
 
@@ -46,61 +50,42 @@ export function fileHandleBuffer(handle: FileHandle, byteLength: number, path: s
   }
 }
 
-/** Opens a Parquet file and parses its footer. Throws `ShardReadError` naming the file. */
-export async function openParquet(path: string): Promise<OpenParquet> {
+/**
+ * Opens a Parquet file and parses its footer in a parser process (under the read budgets: see
+ * {@link ParquetReader}); the footer comes back already checked. Throws `ShardReadError` naming the file.
+ * Pass `reader` to reuse its parsers; otherwise a one-parser reader is started and stopped.
+ */
+export async function openParquet(path: string, options: ReadBudget & { reader?: ParquetReader } = {}): Promise<OpenParquet> {
+  const reader = options.reader ?? new ParquetReader({ parsers: 1, ...budgetOf(options) })
+  let source: ParquetSource
+  try {
+    source = await reader.open(path, { withMetadata: true })
+    await source.close()
+  } finally {
+    if (!options.reader) await reader.close()
+  }
   let handle: FileHandle
   try {
     handle = await open(path, 'r')
   } catch (cause) {
-    throw new ShardReadError(path, `cannot open: ${(cause as Error).message}`, undefined, { cause })
+    throw new ShardReadError(path, `cannot open: ${describeError(cause)}`, undefined, { cause })
   }
-  try {
-    const { size } = await handle.stat()
-    if (size < 12) throw new ShardReadError(path, `not a Parquet file (${size} bytes)`)
-    const buffer = fileHandleBuffer(handle, size, path)
-    const tail = new Uint8Array(await buffer.slice(size - 8, size))
-    const magic = String.fromCharCode(...tail.subarray(4))
-    if (magic !== 'PAR1') {
-      throw new ShardReadError(path, magic === 'PARE' ? 'encrypted Parquet files are not supported' : 'not a Parquet file (no PAR1 footer magic)')
-    }
-    const footerLength = new DataView(tail.buffer).getUint32(0, true)
-    if (footerLength + 8 > size - 4) throw new ShardReadError(path, `footer length ${footerLength} exceeds the file size ${size}`)
-    const footer = new Uint8Array(await buffer.slice(size - 8 - footerLength, size))
-    const footerHash = createHash('sha256').update(String(size)).update(footer).digest('hex')
-    let metadata: FileMetaData
-    try {
-      metadata = parquetMetadata(footer)
-    } catch (cause) {
-      throw new ShardReadError(path, `invalid footer: ${(cause as Error).message}`, undefined, { cause })
-    }
-    validateMetadata(path, metadata)
-    return {
-      path,
-      byteLength: size,
-      buffer,
-      metadata,
-      footerHash,
-      close: () => handle.close(),
-    }
-  } catch (error) {
-    await handle.close().catch(() => {})
-    if (error instanceof ShardReadError) throw error
-    throw new ShardReadError(path, (error as Error).message ?? String(error), undefined, { cause: error })
+  return {
+    path,
+    byteLength: source.byteLength,
+    buffer: fileHandleBuffer(handle, source.byteLength, path),
+    metadata: source.metadata!,
+    footerHash: source.footerHash,
+    rowGroups: source.rowGroups,
+    close: () => handle.close(),
   }
 }
 
-/**
- * Rejects footers whose row counts cannot be trusted (they drive the one-row-out-per-row-in invariant).
- * The row groups' counts are authoritative: some writers leave the file-level `num_rows` at 0.
- */
-function validateMetadata(path: string, metadata: FileMetaData): void {
-  let total = 0n
-  for (const [i, group] of metadata.row_groups.entries()) {
-    const rows = BigInt(group.num_rows)
-    if (rows < 0n) throw new ShardReadError(path, `row group ${i} has a negative row count`)
-    total += rows
+function budgetOf(options: ReadBudget): ReadBudget {
+  return {
+    ...(options.readTimeoutMs === undefined ? {} : { readTimeoutMs: options.readTimeoutMs }),
+    ...(options.readMemoryMb === undefined ? {} : { readMemoryMb: options.readMemoryMb }),
   }
-  if (total > BigInt(Number.MAX_SAFE_INTEGER)) throw new ShardReadError(path, 'row count too large')
 }
 
 /** Rows in the file: the sum of its row groups. */

@@ -95,12 +95,23 @@ export function chooseImageColumn(
   return { problem: `several binary columns (${candidates.map((c) => c.name).join(', ')}): choose one with imageColumn / --image-column` }
 }
 
+/** A top-level column: its schema element when it is primitive and not repeated (else it is written as JSON). */
+export interface TopLevelField {
+  readonly name: string
+  readonly element?: SchemaElement
+}
+
+/** The top-level columns of a schema tree, as {@link keptColumns} needs them. */
+export function keptFields(tree: SchemaTree): TopLevelField[] {
+  return tree.children.map((node) =>
+    node.children.length > 0 || node.element.repetition_type === 'REPEATED' ? { name: node.element.name } : { name: node.element.name, element: node.element },
+  )
+}
+
 /** How each kept column is written: primitive columns keep their schema element, nested ones become JSON. */
-export function keptColumns(metadata: FileMetaData, names: readonly string[]): KeptColumn[] {
-  const tree = parquetSchema(metadata)
+export function keptColumns(fields: readonly TopLevelField[], names: readonly string[]): KeptColumn[] {
   return names.map((name) => {
-    const node = tree.children.find((c) => c.element.name === name)
-    if (!node || node.children.length > 0 || node.element.repetition_type === 'REPEATED') return { name }
-    return { name, element: node.element }
+    const field = fields.find((f) => f.name === name)
+    return field?.element ? { name, element: field.element } : { name }
   })
 }

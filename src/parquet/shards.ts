@@ -1,16 +1,14 @@
 /**
- * Planning a run's shards (footers only: row counts, selected ranges, fingerprints, columns) and reading
- * the rows of one row group at a time.
+ * Planning a run's shards (footers and row counts, established in parser processes: see
+ * {@link ParquetReader}): selected ranges, fingerprints, columns; and the row-group slices to read.
  */
 import { createHash } from 'node:crypto'
-import { parquetReadObjects } from 'hyparquet'
-import { compressors } from 'hyparquet-compressors'
 
 import { PipelineConfigError, ShardReadError, describeError } from '../errors.js'
 import type { ShardInfo } from '../records.js'
-import { fileRows, openParquet, rowGroupRanges, type OpenParquet } from './file.js'
 import { nameShards, resolveInputs } from './inputs.js'
-import { chooseImageColumn, keptColumns, summarizeColumns } from './schema.js'
+import { ParquetReader, type ParquetReaderOptions, type ParquetSource, type ReadBudget } from './reader.js'
+import { chooseImageColumn, keptColumns } from './schema.js'
 
 export interface ShardSelection {
   /** Only these row groups, `[start, end)` (to split a big shard). */
@@ -58,32 +56,89 @@ export function validateSelection(selection: ShardSelection): void {
   }
 }
 
-/** Opens every input's footer and plans what will be read. Unreadable files give failed plans, not throws. */
+/** How planning and reading parse files: a reader to share, or the budgets of a reader of their own. */
+export interface ShardReading extends ReadBudget {
+  /**
+   * Parser processes to use (never closed by the callee). Default: a reader of the callee's own, with the
+   * budgets above, closed when done.
+   */
+  reader?: ParquetReader
+  /** Testing only: see {@link ParquetReaderOptions.debugSpin}. */
+  debugSpin?: ParquetReaderOptions['debugSpin']
+}
+
+/** The {@link ShardReading} fields of `options` (to pass them on). */
+export function readingOf(options: ShardReading): ShardReading {
+  return {
+    ...(options.reader === undefined ? {} : { reader: options.reader }),
+    ...(options.readTimeoutMs === undefined ? {} : { readTimeoutMs: options.readTimeoutMs }),
+    ...(options.readMemoryMb === undefined ? {} : { readMemoryMb: options.readMemoryMb }),
+    ...(options.debugSpin === undefined ? {} : { debugSpin: options.debugSpin }),
+  }
+}
+
+/** A reader for `options`: the one given (not to be closed), or a new one (to be closed by the caller). */
+export function readerFor(options: ShardReading, parsers: number): { reader: ParquetReader; owned: boolean } {
+  if (options.reader) return { reader: options.reader, owned: false }
+  return {
+    reader: new ParquetReader({
+      parsers,
+      ...(options.readTimeoutMs === undefined ? {} : { readTimeoutMs: options.readTimeoutMs }),
+      ...(options.readMemoryMb === undefined ? {} : { readMemoryMb: options.readMemoryMb }),
+      ...(options.debugSpin === undefined ? {} : { debugSpin: options.debugSpin }),
+    }),
+    owned: true,
+  }
+}
+
+/**
+ * Opens every input's footer (in parser processes, several at once) and plans what will be read.
+ * Unreadable files give failed plans, not throws.
+ */
 export async function planShards(
   inputs: readonly string[],
-  options: ShardSelection & ShardColumns = {},
+  options: ShardSelection & ShardColumns & ShardReading = {},
 ): Promise<PlannedShard[]> {
   validateSelection(options)
+  ParquetReader.validate(options)
   const files = await resolveInputs(inputs)
   // Names are given over the whole plan at the end; until then a shard's name is its selection suffix.
   const names = files.map(() => '')
-  const planned: PlannedShard[] = []
-  let remaining = options.limit ?? Infinity
-  for (const [index, path] of files.entries()) {
-    let file: OpenParquet | undefined
-    try {
-      file = await openParquet(path)
-      const { info, imageProblem } = describeShard(file, names[index], index, options, remaining)
+  const { reader, owned } = readerFor(options, 2)
+  try {
+    // Footers are parsed a few at a time; the plan is then made in input order (the limit is run-wide).
+    const opened: Promise<ParquetSource | ShardReadError>[] = []
+    let next = 0
+    const openNext = (): void => {
+      const path = files[next++]
+      opened.push(
+        reader.open(path).then(
+          async (source) => {
+            await source.close().catch(() => {})
+            return source
+          },
+          (error: unknown) => (error instanceof ShardReadError ? error : new ShardReadError(path, describeError(error), undefined, { cause: error })),
+        ),
+      )
+    }
+    for (let i = 0; i < Math.min(reader.parsers, files.length); i++) openNext()
+    const planned: PlannedShard[] = []
+    let remaining = options.limit ?? Infinity
+    for (const [index, path] of files.entries()) {
+      const result = await opened[index]
+      if (next < files.length) openNext()
+      if (result instanceof ShardReadError) {
+        planned.push({ plan: { ok: false, info: failedInfo(path, names[index], index), error: result } })
+        continue
+      }
+      const { info, imageProblem } = describeShard(result, names[index], index, options, remaining)
       remaining -= info.rows
       planned.push({ plan: { ok: true, info }, ...(imageProblem === undefined ? {} : { imageProblem }) })
-    } catch (error) {
-      const readError = error instanceof ShardReadError ? error : new ShardReadError(path, describeError(error), undefined, { cause: error })
-      planned.push({ plan: { ok: false, info: failedInfo(path, names[index], index), error: readError } })
-    } finally {
-      await file?.close().catch(() => {})
     }
+    return nameShards(planned)
+  } finally {
+    if (owned) await reader.close()
   }
-  return nameShards(planned)
 }
 
 function failedInfo(path: string, name: string, index: number): ShardInfo {
@@ -91,15 +146,14 @@ function failedInfo(path: string, name: string, index: number): ShardInfo {
 }
 
 function describeShard(
-  file: OpenParquet,
+  file: ParquetSource,
   baseName: string,
   index: number,
   options: ShardSelection & ShardColumns,
   remaining: number,
 ): { info: ShardInfo; imageProblem?: string } {
-  const { metadata } = file
-  const groups = rowGroupRanges(metadata)
-  const total = fileRows(metadata)
+  const groups = rowGroupRanges(file)
+  const total = groups.length === 0 ? 0 : groups[groups.length - 1].end
   let rowStart = 0
   let rowEnd = total
   if (options.rowGroups) {
@@ -116,7 +170,7 @@ function describeShard(
   const partial = rowStart !== 0 || rowEnd !== total
   const name = partial ? `${baseName}.rows-${rowStart}-${rowEnd}` : baseName
 
-  const columns = summarizeColumns(metadata)
+  const columns = file.columns
   let imageColumn: string | undefined
   let imageProblem: string | undefined
   if (options.requireImage !== false) {
@@ -126,7 +180,7 @@ function describeShard(
   }
   const idColumn = options.idColumn ?? (columns.some((c) => c.name === 'id') ? 'id' : undefined)
   const keepNames = [...new Set([...(idColumn === undefined ? [] : [idColumn]), ...(options.keep ?? [])])]
-  const fingerprint = createHash('sha256').update(file.footerHash).update(`${rowStart}:${rowEnd}`).digest('hex')
+  const fingerprint = shardFingerprint(file.footerHash, rowStart, rowEnd)
   const info: ShardInfo = {
     path: file.path,
     name,
@@ -139,7 +193,7 @@ function describeShard(
     fingerprint,
     ...(imageColumn === undefined ? {} : { imageColumn }),
     ...(idColumn === undefined ? {} : { idColumn }),
-    kept: keptColumns(metadata, keepNames),
+    kept: keptColumns(file.fields, keepNames),
   }
   return imageProblem === undefined ? { info } : { info, imageProblem }
 }
@@ -151,33 +205,25 @@ export interface RowGroupSlice {
   readonly end: number
 }
 
-export function rowGroupSlices(file: OpenParquet, info: ShardInfo): RowGroupSlice[] {
-  return rowGroupRanges(file.metadata)
+/** Row offsets of each row group, `[start, end)` absolute within the file, from the established row counts. */
+export function rowGroupRanges(file: Pick<ParquetSource, 'rowGroups'>): { start: number; end: number }[] {
+  const ranges: { start: number; end: number }[] = []
+  let start = 0
+  for (const group of file.rowGroups) {
+    ranges.push({ start, end: start + group.rows })
+    start += group.rows
+  }
+  return ranges
+}
+
+/** The slices of the shard's selection, one per row group it overlaps. */
+export function rowGroupSlices(file: Pick<ParquetSource, 'rowGroups'>, info: ShardInfo): RowGroupSlice[] {
+  return rowGroupRanges(file)
     .map((g, rowGroup) => ({ rowGroup, start: Math.max(g.start, info.rowStart), end: Math.min(g.end, info.rowEnd) }))
     .filter((s) => s.end > s.start)
 }
 
-/** Reads the rows of one slice as objects, binary columns as `Uint8Array` (hyparquet with `utf8: false`). */
-export async function readSlice(
-  file: OpenParquet,
-  slice: RowGroupSlice,
-  columns: readonly string[],
-): Promise<Record<string, unknown>[]> {
-  try {
-    const rows = await parquetReadObjects({
-      file: file.buffer,
-      metadata: file.metadata,
-      columns: [...columns],
-      rowStart: slice.start,
-      rowEnd: slice.end,
-      utf8: false,
-      compressors,
-    })
-    if (rows.length !== slice.end - slice.start) {
-      throw new Error(`expected ${slice.end - slice.start} rows, decoded ${rows.length}`)
-    }
-    return rows as Record<string, unknown>[]
-  } catch (cause) {
-    throw new ShardReadError(file.path, describeError(cause), slice.rowGroup, { cause })
-  }
+/** The fingerprint of a shard: the file's size and footer, and the selected range. */
+export function shardFingerprint(footerHash: string, rowStart: number, rowEnd: number): string {
+  return createHash('sha256').update(footerHash).update(`${rowStart}:${rowEnd}`).digest('hex')
 }

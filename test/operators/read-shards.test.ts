@@ -9,6 +9,7 @@ import { InputNotFoundError, PipelineConfigError } from '../../src/errors.js'
 import type { ErrorRecord, ImageRow, ShardNotice } from '../../src/records.js'
 import * as img from '../helpers/images.js'
 import { hfShardBuffer, imageShardBuffer, writeBuffer } from '../helpers/shards.js'
+import { loopingShard } from '../parquet/hostile.js'
 import { collect, tempDir } from '../helpers/util.js'
 
 let dir: string
@@ -104,6 +105,28 @@ describe('readShards', () => {
     await new Promise((r) => setTimeout(r, 50))
     expect(seen).toHaveLength(5)
     subscription.unsubscribe()
+  })
+
+  it('a shard whose parsing hangs does not hold back the others: their rows all come before its timed-out rows', async () => {
+    const folder = join(dir, 'lanes')
+    const images = await Promise.all(Array.from({ length: 3 }, (_, i) => img.png(8, 8, i)))
+    writeBuffer(join(folder, 'a-hang.parquet'), loopingShard(images).buffer as ArrayBuffer)
+    const rows = images.map((image, i) => ({ id: `r${i}`, image }))
+    writeBuffer(join(folder, 'b.parquet'), imageShardBuffer(rows, 2))
+    writeBuffer(join(folder, 'c.parquet'), imageShardBuffer(rows, 2))
+    const out = await collect(readShards(folder, { readTimeoutMs: 4000 }))
+    const hang = out.filter((r) => r.source.name === 'a-hang') as ErrorRecord[]
+    expect(hang).toHaveLength(100)
+    expect(hang.every((r) => r.code === 'shard-read' && r.message.includes('timeout: the row group was not parsed within 4 s'))).toBe(true)
+    const firstHang = out.findIndex((r) => r.source.name === 'a-hang')
+    const good = out.map((r, i) => (r.source.name === 'a-hang' ? -1 : i)).filter((i) => i >= 0)
+    expect(good).toHaveLength(6)
+    expect(Math.max(...good)).toBeLessThan(firstHang)
+    // One lane: strictly in plan order, the hanging shard first.
+    const serial = await collect(readShards(folder, { readTimeoutMs: 1000, concurrency: 1 }))
+    expect(serial.map((r) => r.source.name)).toEqual([...Array(100).fill('a-hang'), ...Array(3).fill('b'), ...Array(3).fill('c')])
+    expect(() => readShards(folder, { concurrency: 0 })).toThrow(PipelineConfigError)
+    expect(() => readShards(folder, { readTimeoutMs: -1 })).toThrow(PipelineConfigError)
   })
 
   it('stops reading on early unsubscribe', async () => {
