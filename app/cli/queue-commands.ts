@@ -162,7 +162,7 @@ function addWorkerCommand(program: Command): void {
     .option('--lock-ms <ms>', "a job's lock lasts this long unless renewed (renewed every half); a dead worker's shard is retaken after it (default 30000)", positiveInt)
     .option('--stalled-ms <ms>', 'how often to look for shards whose worker died (default 30000)', positiveInt)
     .option('--max-stalled <n>', 'times a shard may be retaken from a dead worker before it is failed (default 2)', nonNegativeInt)
-    .option('--stop-timeout <s>', 'on SIGTERM, finish current shards within this many seconds, else put them back in the queue (default 25)', nonNegativeInt)
+    .option('--stop-timeout <s>', 'on SIGTERM, finish current shards within this many seconds, else put them back in the queue (default 2)', nonNegativeInt)
     .option('--exit-when-idle', 'exit once the queue holds no queued, retrying or running shard (for batch jobs, e.g. Kubernetes)')
     .option('--progress-ms <ms>', 'how often to report rows done (default 1000)', positiveInt)
     .option('--json', 'log JSON lines (the default when stderr is not a terminal)')

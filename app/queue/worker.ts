@@ -32,6 +32,9 @@ import { runShardJob } from './run-shard.js'
 import { FileShardStore, type ShardStore } from './store.js'
 import { SeriesRecorder } from '../report/series.js'
 
+/** How long current shards may take to finish after SIGTERM before they are put back in the queue. */
+export const DEFAULT_STOP_TIMEOUT_MS = 2000
+
 export interface WorkerOptions {
   readonly address: QueueAddress
   /** Shards run at once by this process. Default 1. */
@@ -42,7 +45,11 @@ export interface WorkerOptions {
   readonly stalledIntervalMs?: number
   /** How many times a job may be recovered from a lapsed lock before it is failed. Default 2. */
   readonly maxStalled?: number
-  /** On stop, how long current shards may take to finish before they are put back in the queue, in ms. Default 25000. */
+  /**
+   * On stop, how long current shards may take to finish before they are put back in the queue, in ms. Default
+   * 2000, so that SIGTERM ends a worker within 3 s whatever it runs (a shard put back is redone by another
+   * worker; raise it where shards are short and redoing them costs more than a longer stop).
+   */
   readonly stopTimeoutMs?: number
   /** Stop when the queue holds no waiting, delayed or running job. Default false. */
   readonly exitWhenIdle?: boolean
@@ -163,7 +170,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       if (reason === RELEASE) {
         // Back to the queue without using an attempt; if Redis cannot be told now, the lock lapses and the
         // stalled check puts it back.
-        await Promise.race([job.moveToWait(token).catch(() => {}), new Promise((r) => setTimeout(r, 2000).unref())])
+        await Promise.race([job.moveToWait(token).catch(() => {}), new Promise((r) => setTimeout(r, 500).unref())])
         log({ event: 'job-released', job: id, shard: data.shard })
         throw new WaitingError()
       }
@@ -237,7 +244,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     if (stopping) return stopping
     log({ event: 'stopping', reason, running: active.size })
     if (idleTimer) clearInterval(idleTimer)
-    releaseTimer = setTimeout(releaseAll, options.stopTimeoutMs ?? 25_000)
+    releaseTimer = setTimeout(releaseAll, options.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS)
     stopping = (async () => {
       await worker.close()
       clearTimeout(releaseTimer)

@@ -150,7 +150,7 @@ describe.skipIf(!hasRedis)('distributed mode: a shard whose parsing hangs', { ti
     expect(Date.now() - sent).toBeLessThan(3000)
   })
 
-  it('SIGTERM in the middle of the hanging parse: the worker exits within 3 s (--stop-timeout 1) and puts the shard back', async () => {
+  it('SIGTERM in the middle of the hanging parse: the worker exits within 3 s (default --stop-timeout) and puts the shard back', async () => {
     const { url, name, out } = await freshQueue()
     const only = join(dir, 'only-hang')
     mkdirSync(only, { recursive: true })
@@ -158,7 +158,7 @@ describe.skipIf(!hasRedis)('distributed mode: a shard whose parsing hangs', { ti
     writeFileSync(join(only, 'hang.parquet'), loopingShard(images))
     const result = runCli(['submit', only, '-o', out, '--pipeline', 'scan', '--queue', url, '--queue-name', name])
     expect(result.code).toBe(0)
-    const worker = startWorker(url, name, ['--stop-timeout', '1'])
+    const worker = startWorker(url, name, [])
     await waitUntil(() => worker.events.some((e) => e.event === 'job-start'), 20_000, `the job to start\n${worker.log()}`)
     await new Promise((r) => setTimeout(r, 1500))
     expect(worker.child.exitCode).toBeNull()

@@ -302,7 +302,9 @@ describe('runShardJob', () => {
     const out = join(dir, 'race')
     const { jobs } = await planJobs({ definition: scan, config, inputs: [input], outDir: out })
     const store = new FileShardStore(out)
-    const results = await Promise.all([1, 2].map((n) => runShardJob(jobs[1], { store, attempt: String(n), worker: `w${n}` })))
+    // Rows slowed down so that the two attempts overlap whatever their start-up times (each starts its own
+    // parser process): without it the second may start after the first committed and simply skip.
+    const results = await Promise.all([1, 2].map((n) => runShardJob(jobs[1], { store, attempt: String(n), worker: `w${n}`, debugRowDelayMs: 40 })))
     const statuses = results.map((r) => r.status).sort()
     expect(statuses[0]).toBe('committed')
     expect(['committed', 'duplicate']).toContain(statuses[1])
