@@ -14,6 +14,7 @@ import { ensureLayout, outputLayout } from '../../src/parquet/commit.js'
 import { openParquet, rowGroupRanges } from '../../src/parquet/file.js'
 import { outputNames, resolveInputs } from '../../src/parquet/inputs.js'
 import { planShards } from '../../src/parquet/shards.js'
+import { checkPlan } from '../../pipelines/check-plan.js'
 import { commandConnection, describeQueue, type QueueAddress } from './connection.js'
 import { JOB_FORMAT, runId, shardJobId, type ShardJobData, type ShardJobResult } from './job.js'
 
@@ -76,6 +77,7 @@ export async function planJobs(options: Omit<SubmitOptions, 'address'>): Promise
     ...(read.rowGroups === undefined ? {} : { rowGroups: read.rowGroups }),
     ...(read.limit === undefined ? {} : { limit: read.limit }),
   })
+  await checkPlan(definition, config, planned, { outDir, ...columns })
   const files = await resolveInputs(options.inputs)
   const baseNames = outputNames(files)
   const common = {

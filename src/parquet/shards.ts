@@ -10,7 +10,7 @@ import { PipelineConfigError, ShardReadError, describeError } from '../errors.js
 import type { ShardInfo } from '../records.js'
 import { fileRows, openParquet, rowGroupRanges, type OpenParquet } from './file.js'
 import { outputNames, resolveInputs } from './inputs.js'
-import { chooseImageColumn, keptColumns, summarizeColumns } from './schema.js'
+import { chooseImageColumn, keptColumns, summarizeColumns, type ColumnSummary } from './schema.js'
 
 export interface ShardSelection {
   /** Only these row groups, `[start, end)` (to split a big shard). */
@@ -40,6 +40,8 @@ export type ShardPlan =
 export interface PlannedShard {
   readonly plan: ShardPlan
   readonly imageProblem?: string
+  /** The file's top-level columns (for the planning checks, `pipelines/check-plan.ts`); absent when unreadable. */
+  readonly columns?: readonly ColumnSummary[]
 }
 
 export function validateSelection(selection: ShardSelection): void {
@@ -72,9 +74,9 @@ export async function planShards(
     let file: OpenParquet | undefined
     try {
       file = await openParquet(path)
-      const { info, imageProblem } = describeShard(file, names[index], index, options, remaining)
+      const { info, imageProblem, columns } = describeShard(file, names[index], index, options, remaining)
       remaining -= info.rows
-      planned.push({ plan: { ok: true, info }, ...(imageProblem === undefined ? {} : { imageProblem }) })
+      planned.push({ plan: { ok: true, info }, columns, ...(imageProblem === undefined ? {} : { imageProblem }) })
     } catch (error) {
       const readError = error instanceof ShardReadError ? error : new ShardReadError(path, describeError(error), undefined, { cause: error })
       planned.push({ plan: { ok: false, info: failedInfo(path, names[index], index), error: readError } })
@@ -95,7 +97,7 @@ function describeShard(
   index: number,
   options: ShardSelection & ShardColumns,
   remaining: number,
-): { info: ShardInfo; imageProblem?: string } {
+): { info: ShardInfo; imageProblem?: string; columns: ColumnSummary[] } {
   const { metadata } = file
   const groups = rowGroupRanges(metadata)
   const total = fileRows(metadata)
@@ -140,7 +142,7 @@ function describeShard(
     ...(idColumn === undefined ? {} : { idColumn }),
     kept: keptColumns(metadata, keepNames),
   }
-  return imageProblem === undefined ? { info } : { info, imageProblem }
+  return imageProblem === undefined ? { info, columns } : { info, imageProblem, columns }
 }
 
 /** One slice of rows to read: the part of a row group inside the shard's selection. */
