@@ -3,7 +3,7 @@ import { pipe } from 'rxjs'
 import { z } from 'zod'
 
 import { decodeImages } from '../operators/decode-images.js'
-import { int, mebibytes, pipelineConfig, type PipelineDefinition } from './definition.js'
+import { bytes, int, mebibytes, pipelineConfig, type PipelineDefinition } from './definition.js'
 import type { DecodedImage } from '../src/records.js'
 
 const scanConfig = pipelineConfig(
@@ -46,7 +46,7 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
   flags: [
     { flags: '--size <px>', description: 'decode to this square size', key: 'size', parse: int },
     { flags: '--max-pixels <n>', description: 'reject images with more pixels', key: 'maxPixels', parse: int },
-    { flags: '--max-bytes <n>', description: 'reject images larger than this', key: 'maxBytes', parse: int, formatDefault: mebibytes },
+    { flags: '--max-bytes <bytes>', description: 'reject images larger than this (bytes, or with a unit: 64MiB, 512KiB)', key: 'maxBytes', parse: bytes, formatDefault: mebibytes },
     { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
   ],
   read: () => ({ requireImage: true }),

@@ -55,6 +55,8 @@ function vqaColumns(config: VqaConfig): OutputColumn<GeneratedText>[] {
 
 /** Planning: the question column in every input (unless fixed questions replace it); the model and the fixed questions' words. */
 async function checkVqa(config: VqaConfig, shards: readonly ShardSchema[]): Promise<void> {
+  const blank = config.questions.findIndex((q) => q.trim() === '')
+  if (blank >= 0) throw new PipelineConfigError(`questions.${blank}`, 'is blank: every row would be a missing-question error row')
   if (config.questions.length === 0) {
     for (const shard of shards) {
       if (shard.columns.some((c) => c.name === config.questionColumn)) continue

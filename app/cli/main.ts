@@ -12,7 +12,7 @@ import { Command, Option } from 'commander'
 import { z } from 'zod'
 
 import { pipelines } from '../../pipelines/index.js'
-import { EVFLOW_VERSION, runPipeline, type RunOptions } from '../../pipelines/run.js'
+import { EVFLOW_VERSION, runPipeline, type ProgressSink, type RunOptions } from '../../pipelines/run.js'
 import { flagHelp, type PipelineDefinition } from '../../pipelines/definition.js'
 import { EvflowError, PipelineConfigError, RunInterruptedError, describeError, exitCodeHelp, exitCodeOf } from '../../src/errors.js'
 import { STATUS_COLUMNS } from '../../src/parquet/output-schema.js'
@@ -150,10 +150,6 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       if (command.getOptionValueSource(attribute) === 'cli') flagConfig[flag.key] = flags[attribute]
     }
     const { config, run } = resolveConfig(definition, readConfigFile(flags.config), flagConfig)
-    // Said once, before any work: what the model is not for, and kept columns written under another name.
-    for (const note of [...(definition.notices?.(config) ?? []), ...renamedKeptColumns(definition, config, run.keep ?? [])]) {
-      process.stderr.write(`evflow: note: ${note}\n`)
-    }
     const controller = new AbortController()
     let signals = 0
     const onSignal = (signal: NodeJS.Signals) => {
@@ -171,12 +167,19 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     if (!flags.json && process.stderr.isTTY) {
       process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
     }
+    // Said once, when the checks have passed and the work starts: what the model is not for, and kept
+    // columns written under another name.
+    const notes: ProgressSink = {
+      start: () => {
+        for (const note of [...(definition.notices?.(config) ?? []), ...renamedKeptColumns(definition, config, run.keep ?? [])]) process.stderr.write(`evflow: note: ${note}\n`)
+      },
+    }
     const series = recordSeries(flags.out)
     const summary = await runPipeline(definition, config, {
       ...run,
       inputs,
       outDir: flags.out,
-      progress: teeProgress(progress, series),
+      progress: teeProgress(notes, progress, series),
       progressIntervalMs: flags.json ? 2000 : 200,
       signal: controller.signal,
     } as RunOptions).finally(() => {

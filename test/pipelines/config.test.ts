@@ -5,6 +5,10 @@
  * model pipelines differ from 0.1.0's, which left the model's fingerprint out (its key `identity.model` was
  * dropped as if it were the engine setting `model`): now another model gives another hash. A change here
  * changes the bytes of every output file and makes every committed shard look stale.
+ *
+ * The text pipelines (caption, video-caption, vqa) also name their result columns in the identity since
+ * they write `finish_reason` and the log-probabilities: outputs written without those columns are redone
+ * once, rather than left beside new ones with another schema.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -18,24 +22,31 @@ import { runConfig } from '../../pipelines/run.js'
 const MODEL = '16cecd436567133b79a043b8d1208a819031948f517a19483b6ad6e39cc70623'
 const READ = '"read":{"imageColumn":null,"idColumn":null,"keep":[]}'
 const IDENTITY = `"identity":{"model":"${MODEL}"}`
+const TEXT = (...columns: string[]) => `"identity":{"model":"${MODEL}","columns":${JSON.stringify(columns)}}`
+const CAPTION = TEXT('caption', 'finish_reason', 'mean_logprob', 'min_logprob')
 
 const cases: { pipeline: string; settings: Record<string, unknown>; keep?: string[]; hash: string; output: string }[] = [
   { pipeline: 'scan', settings: {}, hash: 'd33c69ded5d09027', output: `{"pipeline":"scan","scan":{"size":64,"maxPixels":64000000,"maxBytes":67108864},${READ}}` },
   { pipeline: 'scan', settings: { size: 32, maxPixels: 1000, concurrency: 3 }, hash: '630c249be4e8b6e9', output: `{"pipeline":"scan","scan":{"size":32,"maxPixels":1000,"maxBytes":67108864},${READ}}` },
-  { pipeline: 'caption', settings: {}, hash: '2610bbb06c822199', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  { pipeline: 'caption', settings: {}, hash: '622824e13f17018c', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${CAPTION}}` },
   {
     pipeline: 'caption',
     settings: { maxNewTokens: 5, beams: 3, slots: 2, continuous: false, batchSize: 4, inferenceThreads: 1, intraOpThreads: 2 },
-    hash: '21cabe458b64bc9d',
-    output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":5,"beams":3},${READ},${IDENTITY}}`,
+    hash: '07c0a17a30c6d911',
+    output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":5,"beams":3},${READ},${CAPTION}}`,
   },
-  { pipeline: 'video-caption', settings: {}, hash: '4982f1d38a02b93e', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
-  { pipeline: 'vqa', settings: {}, hash: 'b548c60b8f69eb93', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${IDENTITY}}` },
+  { pipeline: 'video-caption', settings: {}, hash: '6264a60f8cbe11fd', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":32,"beams":1},${READ},${CAPTION}}` },
+  {
+    pipeline: 'vqa',
+    settings: {},
+    hash: '5231813322309dc7',
+    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${TEXT('answer', 'finish_reason', 'mean_logprob', 'min_logprob')}}`,
+  },
   {
     pipeline: 'vqa',
     settings: { questions: ['what?', 'why?'], maxNewTokens: 4 },
-    hash: '91ff4fe28c7d8a53',
-    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${IDENTITY}}`,
+    hash: '0dc7d1ac6762685b',
+    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${TEXT('questions', 'answers', 'finish_reasons', 'mean_logprobs', 'min_logprobs')}}`,
   },
   { pipeline: 'embed', settings: {}, hash: '9c07721f8074ba3f', output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":67108864,"normalize":true},${READ},${IDENTITY}}` },
   {
