@@ -164,13 +164,11 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     // short line on stderr every 10 s, so stdout keeps only the summary.
     const display = flags.json ? undefined : process.stderr.isTTY ? terminalProgress(definition.name) : lineProgress(definition.name, (line) => process.stderr.write(line))
     const progress = display ?? jsonProgress((line) => process.stdout.write(line))
-    if (!flags.json && process.stderr.isTTY) {
-      process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
-    }
-    // Said once, when the checks have passed and the work starts: what the model is not for, and kept
-    // columns written under another name.
+    // Said once, when the checks have passed and the work starts: the config (on a terminal), what the
+    // model is not for, and kept columns written under another name.
     const notes: ProgressSink = {
       start: () => {
+        if (!flags.json && process.stderr.isTTY) process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
         for (const note of [...(definition.notices?.(config) ?? []), ...renamedKeptColumns(definition, config, run.keep ?? [])]) process.stderr.write(`evflow: note: ${note}\n`)
       },
     }

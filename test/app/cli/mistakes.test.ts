@@ -3,7 +3,8 @@
  * naming what is wrong, promptly, with no output folder made and no process left running. The model-load
  * failures are tried on every model pipeline.
  */
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -23,9 +24,13 @@ if (!HAVE_MODEL) console.warn(`NOTICE: test/app/cli/mistakes: no model package a
 
 /** Runs the CLI in its own process group; resolves when it exits, or fails the test past `limitMs`. */
 function runGroup(args: readonly string[], limitMs: number): Promise<{ code: number | null; stdout: string; stderr: string; ms: number; pid: number }> {
+  return runGroupOf(process.execPath, [CLI, ...args], limitMs)
+}
+
+function runGroupOf(command: string, args: readonly string[], limitMs: number): Promise<{ code: number | null; stdout: string; stderr: string; ms: number; pid: number }> {
   return new Promise((resolve, reject) => {
     const started = Date.now()
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(command, args, { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
@@ -36,7 +41,7 @@ function runGroup(args: readonly string[], limitMs: number): Promise<{ code: num
       } catch {
         // already gone
       }
-      reject(new Error(`evflow ${args.join(' ')} still running after ${limitMs} ms; stderr: ${stderr}`))
+      reject(new Error(`${command} ${args.join(' ')} still running after ${limitMs} ms; stdout: ${stdout}; stderr: ${stderr}`))
     }, limitMs)
     child.on('close', (code) => {
       clearTimeout(timer)
@@ -155,4 +160,28 @@ describe.skipIf(!HAVE_MODEL)('a model that cannot load: exit 2 promptly with one
       }
     })
   }
+})
+
+const HAVE_SCRIPT = spawnSync('script', ['--version'], { encoding: 'utf8' }).status === 0
+if (!HAVE_SCRIPT) console.warn('NOTICE: test/app/cli/mistakes: no `script` (util-linux) to give the CLI a terminal: SKIPPING the progress-bar case')
+
+describe.skipIf(!HAVE_MODEL || !HAVE_SCRIPT)('on a terminal', () => {
+  it('a model that fails once the run has started (a graph ONNX Runtime cannot load) ends it: exit 6, the progress bar does not hold the process', async () => {
+    const pkg = join(dir, 'garbage-graph')
+    cpSync(MODEL_DIR, pkg, { recursive: true })
+    const before = createHash('sha256').update(readFileSync(join(pkg, 'vit.onnx'))).digest('hex')
+    writeFileSync(join(pkg, 'vit.onnx'), 'not an onnx graph, with the sha256 the manifest gives')
+    const after = createHash('sha256').update(readFileSync(join(pkg, 'vit.onnx'))).digest('hex')
+    writeFileSync(join(pkg, 'manifest.json'), readFileSync(join(pkg, 'manifest.json'), 'utf8').replace(before, after))
+    // the domain declaration is bound to the manifest's bytes: declare it for the edited one
+    const manifestSha = createHash('sha256').update(readFileSync(join(pkg, 'manifest.json'))).digest('hex')
+    const domain = JSON.parse(readFileSync(join(pkg, 'domain.json'), 'utf8')) as { manifest_sha256: string }
+    writeFileSync(join(pkg, 'domain.json'), JSON.stringify({ ...domain, manifest_sha256: manifestSha }))
+    const command = [process.execPath, CLI, 'caption', 'fixtures/scenes/test.parquet', '-o', join(pkg, 'out'), '--model', pkg, '--limit', '4'].map((a) => `'${a}'`).join(' ')
+    // `script` runs the command on a pseudo-terminal (stderr.isTTY: the progress bar) and exits with its code
+    const result = await runGroupOf('script', ['-qec', command, '/dev/null'], 30_000)
+    expect(result.code, result.stdout).toBe(6)
+    expect(result.stdout).toMatch(/evflow: InferenceError: .*vit\.onnx: cannot create a session/)
+    expect(groupAlive(result.pid)).toBe(false)
+  })
 })
