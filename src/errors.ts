@@ -195,7 +195,7 @@ export class QueueError extends EvflowError {
  */
 export const EXIT_MEANINGS: Readonly<Record<number, { readonly short: string; readonly detail: string }>> = {
   0: { short: 'ok', detail: 'every shard committed or skipped (error rows are data, not failures)' },
-  1: { short: 'anything else', detail: 'unexpected error (a bug: please report it with `--verbose`)' },
+  1: { short: 'anything else', detail: 'anything else: an output that cannot be written, or an unexpected error (a bug: please report it with `--verbose`)' },
   2: { short: 'bad usage, config, input or model package', detail: 'a mistake caught before any work: bad usage or config, a missing input or column, a bad model package' },
   3: { short: 'some shards unreadable', detail: 'one or more shards could not be read; the others were committed' },
   4: { short: 'output folder in use', detail: 'the output folder is in use by another run' },

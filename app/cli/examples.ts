@@ -10,7 +10,7 @@ export const EXAMPLES: Readonly<Record<string, readonly string[]>> = {
     'evflow eval out/caption --reference fixtures/scenes/test.parquet',
     'evflow inspect fixtures/scenes/test.parquet',
   ],
-  scan: ['evflow scan fixtures/shards -o out/scan', 'evflow scan fixtures/shards -o out/scan-json --keep url --json   # JSON lines on stdout'],
+  scan: ['evflow scan fixtures/shards -o out/scan', 'evflow scan fixtures/shards/part-00000.parquet -o out/scan-json --keep url --json   # JSON lines on stdout'],
   caption: [
     'evflow caption fixtures/scenes/test.parquet -o out/caption --limit 64',
     'evflow caption fixtures/scenes/test.parquet -o out/caption-kept --limit 8 --keep caption   # the kept caption is written as input_caption',
@@ -18,7 +18,7 @@ export const EXAMPLES: Readonly<Record<string, readonly string[]>> = {
   'video-caption': ['evflow video-caption fixtures/scenes/video.parquet -o out/video-caption --limit 16'],
   vqa: [
     'evflow vqa fixtures/scenes/vqa.parquet -o out/vqa --limit 64   # the question column',
-    "evflow vqa fixtures/scenes/test.parquet -o out/vqa-fixed --limit 16 --question 'what color is the star?' --question 'how many shapes are there?'",
+    "evflow vqa fixtures/scenes/test.parquet -o out/vqa-fixed --limit 16 --question 'what color is the star?' --question 'is there a red circle?'",
   ],
   embed: ['evflow embed fixtures/scenes/test.parquet -o out/embed --limit 64'],
   inspect: ['evflow inspect fixtures/scenes/test.parquet', 'evflow inspect fixtures/shards/part-00002.parquet --json'],
