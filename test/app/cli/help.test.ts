@@ -13,6 +13,7 @@ import { pipelines } from '../../../pipelines/index.js'
 import { exitCodes } from '../../../src/errors.js'
 import { ROOT, runCli } from '../../helpers/cli.js'
 import { MODEL_DIR } from '../../helpers/model.js'
+import { shellWords as words } from '../../helpers/readme.js'
 import { tempDir } from '../../helpers/util.js'
 import { hasRedis, RedisServer } from '../queue/redis-server.js'
 
@@ -23,33 +24,6 @@ if (!hasRedis) console.warn('NOTICE: test/app/cli/help: redis-server not install
 const COMMANDS = ['scan', 'caption', 'video-caption', 'vqa', 'embed', 'inspect', 'eval', 'report', 'submit', 'worker', 'status', 'cancel']
 const QUEUE = new Set(['submit', 'worker', 'status', 'cancel'])
 const MODEL = new Set(['caption', 'video-caption', 'vqa', 'embed'])
-
-/** Splits an example line as a shell would (single quotes; `#` starts a comment). */
-function words(line: string): string[] {
-  const out: string[] = []
-  let current = ''
-  let quoted = false
-  let started = false
-  for (const c of line) {
-    if (quoted) {
-      if (c === "'") quoted = false
-      else current += c
-    } else if (c === "'") {
-      quoted = true
-      started = true
-    } else if (c === '#') break
-    else if (/\s/.test(c)) {
-      if (started) out.push(current)
-      current = ''
-      started = false
-    } else {
-      current += c
-      started = true
-    }
-  }
-  if (started) out.push(current)
-  return out
-}
 
 const help = (command?: string) => runCli(command === undefined ? ['--help'] : [command, '--help'])
 
