@@ -33,6 +33,17 @@ function installSnippet(): { install: string[]; caption: string[] } {
   return { install, caption }
 }
 
+describe('the sample shard shipped with the package', () => {
+  it('is the first 64 rows of fixtures/scenes/test.parquet, byte for byte (the scenes the bundled model knows)', async () => {
+    const [sample, test] = ['sample/scenes.parquet', 'scenes/test.parquet'].map((f) => join(ROOT, 'fixtures', f))
+    const rows = await duckQuery(
+      `SELECT count(*)::int AS n, count(*) FILTER (t.id IS NOT NULL AND s.image = t.image AND s.caption = t.caption AND s.scene::VARCHAR = t.scene::VARCHAR)::int AS same
+       FROM read_parquet('${sample}') s LEFT JOIN (SELECT * FROM read_parquet('${test}') LIMIT 64) t USING (id)`,
+    )
+    expect(rows).toEqual([{ n: 64, same: 64 }])
+  })
+})
+
 describe.skipIf(!REGISTRY)('the packed package, installed in an empty project', () => {
   let dir: string
   let cleanup: () => void
