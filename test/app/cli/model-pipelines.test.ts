@@ -62,6 +62,10 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     if (MODEL === DEFAULT_MODEL) {
       expect(result.stderr.match(/trained only on synthetic data/g)).toHaveLength(1)
       expect(summary.notices).toEqual([expect.stringMatching(/^the model evlm-tiny was trained only on synthetic data \(synthetic scenes: .*\); on other images its outputs are not meaningful/)])
+      // and evflow report shows the declared domain (from domain.json, as the run read it)
+      const report = runCli(['report', out, '-o', join(dir, 'caption-report.html'), '--sample', '4'])
+      expect(report.code, report.stderr).toBe(0)
+      expect(readFileSync(join(dir, 'caption-report.html'), 'utf8')).toContain('declared domain: <b>synthetic data: synthetic scenes: 1 to 3 coloured shapes')
     }
 
     const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--inference-threads', '1'])
