@@ -35,9 +35,12 @@ export const EXIT = {
 
 const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite'] as const
 
-/** What a config file (or the flags) may say about reading and running, checked like the pipeline's own config. */
+/**
+ * The checks of the run keys (`RUN_KEYS`) a config file or the flags give, as the pipeline's own config is
+ * checked. Keys without a rule here pass unchanged (their owners validate them).
+ */
 const range = z.tuple([z.number().int().min(0), z.number().int().min(0)])
-const runSchema = z.strictObject({
+const runSchema = z.looseObject({
   imageColumn: z.string().min(1).optional(),
   idColumn: z.string().min(1).optional(),
   keep: z.array(z.string().min(1)).optional(),
