@@ -139,7 +139,8 @@ export function formatSummary(summary: RunSummary): string {
   const lines = [
     `${summary.pipeline}: ${shards.total} shard(s): ${shards.committed} committed, ${shards.skipped} skipped, ${shards.failed} failed`,
     `rows: ${rows.in} in, ${rows.ok} ok, ${rows.error} error${codes ? ` (${codes})` : ''} · ${formatRate(summary.rowsPerS)} rows/s in ${summary.durationS.toFixed(1)} s`,
-    `output: ${summary.outDir} (summary: ${summary.outDir.replace(/\/$/, '')}/_evflow/summary.json)`,
+    // a run that found every shard committed keeps the previous summary and writes its own beside it
+    `output: ${summary.outDir} (summary: ${summary.outDir.replace(/\/$/, '')}/_evflow/${shards.total > 0 && shards.skipped === shards.total ? 'summary.skipped.json' : 'summary.json'})`,
   ]
   for (const failed of summary.failedShards) lines.push(`failed: ${failed.shard}: ${failed.error}`)
   return `${lines.join('\n')}\n`

@@ -72,6 +72,7 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     expect(again.stdout).toMatch(/0 committed, 3 skipped/) // speed flags do not change the config hash
     // a rerun that skips everything keeps the summary of the run that did the work, and writes its own beside it
     expect(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8')).toBe(summaryText)
+    expect(again.stdout).toContain(`(summary: ${out}/_evflow/summary.skipped.json)`)
     expect(JSON.parse(readFileSync(join(out, '_evflow', 'summary.skipped.json'), 'utf8'))).toMatchObject({ shards: { total: 3, skipped: 3, committed: 0 }, rows: { in: 0 } })
     const changed = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '7'])
     expect(changed.stdout).toMatch(/3 committed, 0 skipped/) // content flags do
