@@ -119,3 +119,12 @@ describe('every example works on the bundled data', () => {
     })
   }
 })
+
+describe('the exit codes\' one source', () => {
+  it('errorSamples (src/errors.ts) has an instance of every error class the module exports', async () => {
+    const errors = await import('../../../src/errors.js')
+    const classes = Object.entries(errors).filter(([, v]) => typeof v === 'function' && v.prototype instanceof errors.EvflowError).map(([name]) => name)
+    const sampled = new Set(errors.errorSamples().map((e) => e.name))
+    expect(classes.filter((name) => !sampled.has(name))).toEqual([])
+  })
+})
