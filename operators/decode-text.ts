@@ -13,7 +13,8 @@ export interface DecodeTextOptions extends ModelStageOptions {
   /**
    * The questions of a row (VQA: the manifest's `prompts.vqa` template, e.g. `<bos> question <sep>`; several
    * questions about one image share its memory). Absent: captions (`prompts.caption`, e.g. `<bos>`). A row
-   * for which it returns nothing becomes a `missing-question` error row.
+   * for which it returns nothing becomes a `missing-question` error row; one with a question the tokenizer
+   * cannot represent (`TextTokenizer.unknownWords`), a `question-out-of-vocabulary` one.
    */
   questions?: (row: BatchRow) => Asked
   /**
@@ -36,9 +37,12 @@ export interface DecodeTextOptions extends ModelStageOptions {
  * not depend on the batch it lands in, nor on `slots` or `continuous`.
  *
  * In → out: `CrossMemory` → one `GeneratedText` per row (1 → B), with one `Generation` per question
- * (one for a caption); everything else passes through. Metrics under `decodeText`: `tokens`,
- * `decoder_runs`, `row_steps`. Errors: rows without a question become `missing-question` error rows; a
- * failing run turns the batch's rows into error rows (`stage-failed`).
+ * (one for a caption): its text, tokens, how it ended (`finish`: `eos` | `length`) and the log-probability
+ * of each token chosen (`logprobs`, the end token included; batch-invariant like the text). Everything else
+ * passes through. Metrics under `decodeText`: `tokens`, `decoder_runs`, `row_steps`. Errors: rows without a
+ * question become `missing-question` error rows, rows whose question has words the vocabulary cannot
+ * represent `question-out-of-vocabulary` ones; a failing run turns the batch's rows into error rows
+ * (`stage-failed`).
  *
  * @example
  * memory$.pipe(decodeText({ model, generation: { maxNewTokens: 32 } }))          // captions

@@ -10,12 +10,21 @@ import { z } from 'zod'
 import type { ShardRecord } from '../operators/read-shards.js'
 import { PipelineConfigError } from '../src/errors.js'
 import type { OutputColumn } from '../src/parquet/output-schema.js'
+import type { ColumnSummary } from '../src/parquet/schema.js'
 import type { ShardColumns } from '../src/parquet/shards.js'
 import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import type { RunMetrics } from '../src/engine/metrics.js'
 
 export interface StageContext {
   readonly metrics: RunMetrics
+}
+
+/** A planned input shard's schema, as the planning checks see it. */
+export interface ShardSchema {
+  /** The input file. */
+  readonly path: string
+  /** Its top-level columns. */
+  readonly columns: readonly ColumnSummary[]
 }
 
 /** A CLI flag of a pipeline option. */
@@ -57,6 +66,17 @@ export interface PipelineDefinition<C extends object = object, R extends KeyedRe
   readonly identity?: (config: C) => Readonly<Record<string, unknown>>
   readonly stages: (config: C, context: StageContext) => OperatorFunction<ShardRecord, R | ErrorRecord | ShardNotice>
   readonly columns: (config: C) => readonly OutputColumn<R>[]
+  /**
+   * Checks made while planning, before any output is written: what the config needs of every input's
+   * schema (e.g. `vqa`'s question column) and of the model (the package loaded, fixed questions in its
+   * vocabulary). Throws `PipelineConfigError` / `ModelManifestError` (exit 2). See `checkPlan`.
+   */
+  readonly check?: (config: C, shards: readonly ShardSchema[]) => Promise<void>
+  /**
+   * What a user must know about this run's results, in plain sentences (e.g. the model was trained only on
+   * synthetic data): the CLI prints each once at start, and the run summary keeps them.
+   */
+  readonly notices?: (config: C) => readonly string[]
 }
 
 /**
@@ -75,11 +95,30 @@ export function outputSettings(definition: Pick<PipelineDefinition, 'outputKeys'
   return Object.fromEntries(definition.outputKeys.filter((key) => key in values).map((key) => [key, values[key]]))
 }
 
-/** A flag's integer (`parse` of integer flags; the schema rejects what is not one). */
-export const int = (text: string): number => Number.parseInt(text, 10)
+/** A flag's integer (`parse` of integer flags): `2.5`, `2x` or an empty text throw a `RangeError` saying so. */
+export const int = (text: string): number => {
+  const value = /^\s*[+-]?\d+\s*$/.test(text) ? Number(text) : Number.NaN
+  if (!Number.isSafeInteger(value)) throw new RangeError(`expected an integer, got ${JSON.stringify(text)}`)
+  return value
+}
 
-/** A byte count as MiB when it is a whole number of them (a `formatDefault`). */
-export const mebibytes = (value: unknown): string => (typeof value === 'number' && value > 0 && value % 2 ** 20 === 0 ? `${value / 2 ** 20} MiB` : String(value))
+const BYTE_UNITS: Readonly<Record<string, number>> = { '': 1, b: 1, k: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gib: 2 ** 30 }
+
+/**
+ * A flag's byte count: an integer, optionally with a binary unit (`64MiB`, `64M`, `512KiB`, `1GiB`; case
+ * ignored). Throws a `RangeError` for anything else (a fraction of a byte, an unknown unit).
+ */
+export const bytes = (text: string): number => {
+  const match = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(text)
+  const unit = match ? BYTE_UNITS[match[2].toLowerCase()] : undefined
+  const value = match && unit !== undefined ? Number(match[1]) * unit : Number.NaN
+  if (!Number.isSafeInteger(value)) throw new RangeError(`expected a byte count such as 67108864 or 64MiB, got ${JSON.stringify(text)}`)
+  return value
+}
+
+/** A byte count as MiB when it is a whole number of them, with the bytes (a `formatDefault`): `64 MiB = 67108864 bytes`. */
+export const mebibytes = (value: unknown): string =>
+  typeof value === 'number' && value > 0 && value % 2 ** 20 === 0 ? `${value / 2 ** 20} MiB = ${value} bytes` : `${String(value)} bytes`
 
 /** A flag's help line: its description and the pipeline's default for it (none for switches and empty lists). */
 export function flagHelp(flag: PipelineFlag, defaults: object): string {

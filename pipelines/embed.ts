@@ -4,7 +4,7 @@ import { z } from 'zod'
 import { poolEmbeddings } from '../operators/pool-embeddings.js'
 import { pipelineConfig, type PipelineDefinition } from './definition.js'
 import type { Embedding } from '../src/records.js'
-import { decodeLimitsShape, modelDefaults, modelEngineShape, modelFlags, modelIdentity, openModel, visionStages } from './model-chain.js'
+import { checkModel, decodeLimitsShape, modelDefaults, modelEngineShape, modelFlags, modelIdentity, modelNotices, openModel, visionStages } from './model-chain.js'
 
 const embedConfig = pipelineConfig(
   {
@@ -35,6 +35,8 @@ export const embedPipeline: PipelineDefinition<EmbedConfig, Embedding> = {
   flags: [...modelFlags, { flags: '--no-normalize', description: 'do not L2-normalise the embeddings', key: 'normalize' }],
   read: () => ({ requireImage: true }),
   identity: modelIdentity,
+  check: (config) => checkModel(config),
+  notices: modelNotices,
   stages: (config, context) => {
     const model = openModel(config)
     return pipe(visionStages(config, model, context), poolEmbeddings({ normalize: config.normalize, metrics: context.metrics }))

@@ -11,6 +11,8 @@ export { vqaPipeline, vqaDefaults, vqaConfigSchema, type VqaConfig } from './vqa
 export { embedPipeline, embedDefaults, embedConfigSchema, type EmbedConfig } from './embed.js'
 export { visionStages, textStages, openModel, modelDefaults, type ModelConfig, type GenerationConfig } from './model-chain.js'
 export { runPipeline, runConfig, EVFLOW_VERSION, type RunOptions, type RunSummary, type ProgressSink, type ProgressState } from './run.js'
+export { checkPlan, checkOutputPath, type CheckPlanOptions } from './check-plan.js'
+export { confidenceColumns, confidenceListColumns } from './model-chain.js'
 export { configHash, flagHelp, outputSettings, pipelineConfig, stableJson, type PipelineDefinition, type PipelineFlag, type StageContext } from './definition.js'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

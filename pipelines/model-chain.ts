@@ -15,10 +15,15 @@ import { extractVitFeatures } from '../operators/extract-vit-features.js'
 import type { ShardRecord } from '../operators/read-shards.js'
 import { resampleTokens } from '../operators/resample-tokens.js'
 import { routeToExperts } from '../operators/route-to-experts.js'
-import { int, mebibytes, type PipelineFlag, type StageContext } from './definition.js'
+import { bytes, int, mebibytes, type PipelineFlag, type StageContext } from './definition.js'
+import { PipelineConfigError } from '../src/errors.js'
 import { DEFAULT_IMAGE_DECODE } from '../src/image/decode.js'
+import { textConfidence } from '../src/model/generate.js'
+import { readManifest } from '../src/model/manifest.js'
+import { outOfVocabularyMessage, unknownWordsOf } from '../src/model/prompts.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/vision-language-model.js'
-import type { ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
+import type { OutputColumn } from '../src/parquet/output-schema.js'
+import type { ErrorRecord, GeneratedText, Generation, ShardNotice, VisualTokens } from '../src/records.js'
 
 /** Decode limits: they decide which rows become error rows, so they decide the output. */
 export const decodeLimitsShape = {
@@ -85,7 +90,7 @@ export const modelFlags: readonly PipelineFlag[] = [
   { flags: '--strict-provider', description: 'fail instead of falling back to cpu when the provider cannot start', key: 'strictProvider' },
   { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
   { flags: '--max-pixels <n>', description: 'reject images with more pixels', key: 'maxPixels', parse: int },
-  { flags: '--max-bytes <n>', description: 'reject images larger than this', key: 'maxBytes', parse: int, formatDefault: mebibytes },
+  { flags: '--max-bytes <bytes>', description: 'reject images larger than this (bytes, or with a unit: 64MiB, 512KiB)', key: 'maxBytes', parse: bytes, formatDefault: mebibytes },
   { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once', key: 'maxPixelsInFlight', parse: int },
   { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit', key: 'decodeTimeoutMs', parse: int },
   { flags: '--decoder <name>', description: 'auto (small JPEGs and PNGs take the fast decoder) or sharp', key: 'decoder' },
@@ -123,13 +128,74 @@ export function modelIdentity(config: ModelConfig): Record<string, unknown> {
   return { model: modelFingerprint(config.model) }
 }
 
+/**
+ * The identity of a text pipeline: the model's fingerprint and the result columns it writes (the columns
+ * decide the output too: outputs written before `finish_reason` and the log-probabilities existed are redone).
+ */
+export function textIdentity(config: ModelConfig, columns: readonly OutputColumn<GeneratedText>[]): Record<string, unknown> {
+  return { ...modelIdentity(config), columns: columns.map((c) => c.name) }
+}
+
+/** One model per config object: the planning checks load it, the stages then use the same loaded package. */
+const models = new WeakMap<ModelConfig, VisionLanguageModel>()
+
+/** The `VisionLanguageModel` of `config` (the same instance for the same config object). */
 export function openModel(config: ModelConfig): VisionLanguageModel {
-  return new VisionLanguageModel(config.model, {
-    inferenceThreads: config.inferenceThreads,
-    intraOpThreads: config.intraOpThreads,
-    provider: config.provider,
-    strictProvider: config.strictProvider,
-  })
+  let model = models.get(config)
+  if (!model) {
+    model = new VisionLanguageModel(config.model, {
+      inferenceThreads: config.inferenceThreads,
+      intraOpThreads: config.intraOpThreads,
+      provider: config.provider,
+      strictProvider: config.strictProvider,
+    })
+    models.set(config, model)
+  }
+  return model
+}
+
+/**
+ * The planning check of a model pipeline: the package loaded now (manifest, every file's sha256, tokenizer,
+ * prompts), so that a broken package stops the run before any output is written (`ModelManifestError`,
+ * exit 2); no inference thread starts. `questions`: fixed questions, which must be in the vocabulary.
+ */
+export async function checkModel(config: ModelConfig, questions: readonly string[] = []): Promise<void> {
+  const pkg = await openModel(config).load()
+  const unknown = unknownWordsOf(questions, pkg.tokenizer)
+  if (unknown.length > 0) throw new PipelineConfigError('questions', `${outOfVocabularyMessage(unknown, pkg.tokenizer)}; every row would be a question-out-of-vocabulary error row`)
+}
+
+/**
+ * What to say about the model before its results are read: when its package declares that it was trained
+ * only on synthetic data, one sentence saying so (and what on).
+ */
+export function modelNotices(config: ModelConfig): string[] {
+  const { manifest, domain } = readManifest(config.model)
+  if (!domain?.synthetic) return []
+  return [`the model ${manifest.name} was trained only on synthetic data (${domain.trained_on}); on other images its outputs are not meaningful, whatever their status`]
+}
+
+/** The columns saying how each text ended and how sure the model was: `finish_reason`, `mean_logprob`, `min_logprob`. */
+export function confidenceColumns(): OutputColumn<GeneratedText>[] {
+  return [
+    { name: 'finish_reason', type: 'STRING', value: (r) => finishReason(r.generations[0]) },
+    { name: 'mean_logprob', type: 'DOUBLE', value: (r) => textConfidence(r.generations[0].logprobs)?.mean ?? null },
+    { name: 'min_logprob', type: 'DOUBLE', value: (r) => textConfidence(r.generations[0].logprobs)?.min ?? null },
+  ]
+}
+
+/** The same for several texts per row (`vqa` with several questions): JSON lists, aligned with the texts. */
+export function confidenceListColumns(): OutputColumn<GeneratedText>[] {
+  return [
+    { name: 'finish_reasons', type: 'JSON', value: (r) => r.generations.map(finishReason) },
+    { name: 'mean_logprobs', type: 'JSON', value: (r) => r.generations.map((g) => textConfidence(g.logprobs)?.mean ?? null) },
+    { name: 'min_logprobs', type: 'JSON', value: (r) => r.generations.map((g) => textConfidence(g.logprobs)?.min ?? null) },
+  ]
+}
+
+/** vLLM's names: `stop` (the model ended the text), `length` (the token limit cut it). */
+function finishReason(generation: Generation): 'stop' | 'length' {
+  return generation.finish === 'eos' ? 'stop' : 'length'
 }
 
 /**

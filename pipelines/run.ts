@@ -29,6 +29,7 @@ import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
 import { InFlight } from '../src/engine/in-flight.js'
 import { acquireFolderLock } from '../src/engine/lock.js'
 import { RunMetrics, type StageSnapshot } from '../src/engine/metrics.js'
+import { checkPlan } from './check-plan.js'
 import { configHash, mergeReadColumns, outputSettings, type PipelineDefinition } from './definition.js'
 
 export const EVFLOW_VERSION = '0.1.0'
@@ -100,6 +101,8 @@ export interface RunSummary {
   readonly inFlightPeakRecords: number
   /** Peak resident set size of the process so far, in MiB. */
   readonly peakRssMiB: number
+  /** What the pipeline says a user must know about the results (`PipelineDefinition.notices`), e.g. a synthetic-only model. */
+  readonly notices: readonly string[]
 }
 
 /**
@@ -123,6 +126,11 @@ export function runConfig(definition: PipelineDefinition, config: object, option
   return { stored, hash, output }
 }
 
+/** Where a run that skipped every shard writes its summary: `_evflow/summary.skipped.json`, beside `summary.json`. */
+export function skippedSummaryPath(summaryPath: string): string {
+  return summaryPath.replace(/summary\.json$/, 'summary.skipped.json')
+}
+
 export async function runPipeline<C extends object, R extends KeyedRecord>(
   definition: PipelineDefinition<C, R>,
   config: C,
@@ -142,6 +150,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
   }
   const planned = options.plan ?? (await planShards(options.inputs, readOptions))
   checkOutputFolder(options.outDir, options.inputs, planned.map((p) => p.plan.info.path))
+  await checkPlan(definition, config, planned, options)
 
   ensureLayout(layout)
   const lock = options.lock === false ? undefined : acquireFolderLock(layout.lock, options.outDir)
@@ -268,9 +277,11 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
         stages: metrics.snapshot(),
         inFlightPeakRecords: inFlight.peakRecords,
         peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
+        notices: definition.notices?.(config) ?? [],
       }
       await manifest.close()
-      await writeFileAtomic(layout, layout.summary, `${JSON.stringify(summary, null, 2)}\n`)
+      // A run with nothing to do (every shard committed) keeps the summary of the run that did the work.
+      await writeFileAtomic(layout, pending.length === 0 && planned.length > 0 ? skippedSummaryPath(layout.summary) : layout.summary, `${JSON.stringify(summary, null, 2)}\n`)
       return summary
     }
 

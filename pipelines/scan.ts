@@ -4,7 +4,7 @@ import { z } from 'zod'
 
 import { DEFAULT_MAX_PIXELS_IN_FLIGHT, decodeImages } from '../operators/decode-images.js'
 import { DEFAULT_IMAGE_DECODE } from '../src/image/decode.js'
-import { int, mebibytes, pipelineConfig, type PipelineDefinition } from './definition.js'
+import { bytes, int, mebibytes, pipelineConfig, type PipelineDefinition } from './definition.js'
 import type { DecodedImage } from '../src/records.js'
 
 const scanConfig = pipelineConfig(
@@ -53,7 +53,7 @@ export const scanPipeline: PipelineDefinition<ScanConfig, DecodedImage> = {
   flags: [
     { flags: '--size <px>', description: 'decode to this square size', key: 'size', parse: int },
     { flags: '--max-pixels <n>', description: 'reject images with more pixels', key: 'maxPixels', parse: int },
-    { flags: '--max-bytes <n>', description: 'reject images larger than this', key: 'maxBytes', parse: int, formatDefault: mebibytes },
+    { flags: '--max-bytes <bytes>', description: 'reject images larger than this (bytes, or with a unit: 64MiB, 512KiB)', key: 'maxBytes', parse: bytes, formatDefault: mebibytes },
     { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
     { flags: '--max-pixels-in-flight <n>', description: 'most source pixels decoded at once', key: 'maxPixelsInFlight', parse: int },
     { flags: '--decode-timeout-ms <ms>', description: 'longest one image may take to decode; 0: no limit', key: 'decodeTimeoutMs', parse: int },

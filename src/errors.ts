@@ -230,6 +230,92 @@ export class QueueError extends EvflowError {
   }
 }
 
+/**
+ * What each exit code of the CLI means: `short` in the commands' help, `detail` in docs/cli.md. 0 (done)
+ * and 1 (a bug) belong to no error of evflow's; every other code is the `exitCode` of the errors below.
+ */
+export const EXIT_MEANINGS: Readonly<Record<number, { readonly short: string; readonly detail: string }>> = {
+  0: { short: 'ok', detail: 'every shard committed or skipped (error rows are data, not failures)' },
+  1: { short: 'anything else', detail: 'anything else: an output that cannot be written, or an unexpected error (a bug: please report it with `--verbose`)' },
+  2: { short: 'bad usage, config, input, output folder or model package', detail: 'a mistake caught before any work: bad usage or config, a missing input or column, an output folder that overlaps the inputs or holds a symlink under `_evflow/`, two inputs that would share an output name (only on a hash collision), a bad model package' },
+  3: { short: 'some shards unreadable', detail: 'one or more shards could not be read; the others were committed' },
+  4: { short: 'output folder in use', detail: 'the output folder is in use by another run' },
+  5: { short: 'queue (Redis) unreachable', detail: 'the job queue (Redis) cannot be reached (distributed commands)' },
+  6: { short: 'the model cannot run', detail: 'the model cannot run: a session cannot be created (a graph ONNX Runtime cannot load, a provider that cannot start under `--strict-provider`, ONNX Runtime itself missing)' },
+  130: { short: 'interrupted (rerun to resume)', detail: 'interrupted by Ctrl-C / SIGTERM; rerun to resume' },
+}
+
+/**
+ * One instance of each error class that can end a command (an `InferenceError` of each kind): the exit
+ * codes come from the classes themselves. A test checks that every class of this module is here.
+ */
+export function errorSamples(): readonly EvflowError[] {
+  return [
+    new PipelineConfigError('field', ''),
+    new ModelManifestError('field', ''),
+    new InputNotFoundError('input'),
+    new ShardReadError('file', ''),
+    new ShardWriteError('file', ''),
+    new OutputLockedError('out', 'holder'),
+    new UnsafeOutputError('out', ''),
+    new OutputNameCollisionError('name', []),
+    new ImageDecodeError('corrupt', ''),
+    new ShapeMismatchError('tensor', [], []),
+    new InferenceError('graph', '', { fatal: true }),
+    new InferenceError('graph', ''),
+    new ModelUsageError(''),
+    new RunInterruptedError('SIGINT'),
+    new QueueError('queue', ''),
+  ]
+}
+
+export interface ExitCodeEntry {
+  readonly code: number
+  readonly short: string
+  readonly detail: string
+  /** The error classes that end a command with this code (`InferenceError (fatal)` for the fatal kind). */
+  readonly errors: readonly string[]
+}
+
+/** Every exit code, in order, with its meaning and the error classes that give it. */
+export function exitCodes(): readonly ExitCodeEntry[] {
+  const byCode = new Map<number, string[]>()
+  for (const error of errorSamples()) {
+    const label = error instanceof InferenceError && error.fatal ? `${error.name} (fatal)` : error.name
+    const list = byCode.get(error.exitCode) ?? []
+    if (!list.includes(label)) list.push(label)
+    byCode.set(error.exitCode, list)
+  }
+  const codes = [...new Set([0, 1, ...byCode.keys()])].sort((a, b) => a - b)
+  return codes.map((code) => {
+    const meaning = EXIT_MEANINGS[code]
+    if (!meaning) throw new Error(`exit code ${code} has no meaning in EXIT_MEANINGS`)
+    return { code, ...meaning, errors: byCode.get(code) ?? [] }
+  })
+}
+
+/** The exit code an error class gives (from its instances; `InferenceError`: its fatal kind). */
+export function exitCodeOf(name: string): number {
+  const entry = exitCodes().find((e) => e.errors.includes(name) || e.errors.includes(`${name} (fatal)`))
+  if (!entry) throw new Error(`no error class ${name}`)
+  return entry.code
+}
+
+/**
+ * The "Exit codes:" paragraph of a command's help: `codes` in order (0 first, 1 last), each with its
+ * meaning and, from `context`, what it means for this command.
+ */
+export function exitCodeHelp(codes: readonly number[], context: Readonly<Record<number, string>> = {}): string {
+  const table = new Map(exitCodes().map((e) => [e.code, e]))
+  const order = [...codes].sort((a, b) => (a === 1 ? 1 : b === 1 ? -1 : a - b))
+  const parts = order.map((code) => {
+    const entry = table.get(code)
+    if (!entry) throw new Error(`exit code ${code} has no meaning in EXIT_MEANINGS`)
+    return `${code} ${entry.short}${context[code] ? ` (${context[code]})` : ''}`
+  })
+  return `Exit codes: ${parts.join(', ')}.`
+}
+
 /** A short one-line description of any thrown value (for error columns and CLI messages). */
 export function describeError(error: unknown): string {
   if (error instanceof Error) return error.message

@@ -110,7 +110,7 @@ export interface DecodedImage extends RecordBase {
 }
 
 /** Stable, documented reasons for error rows (the output's `error_code`). */
-export type ErrorCode = ImageDecodeReason | 'shard-read' | 'stage-failed' | 'missing-question' | 'too-many-frames'
+export type ErrorCode = ImageDecodeReason | 'shard-read' | 'stage-failed' | 'missing-question' | 'question-out-of-vocabulary' | 'too-many-frames'
 
 /** A row that failed. It passes around later stages and reaches the sink as an `error` row. */
 export interface ErrorRecord extends RecordBase {
@@ -245,7 +245,10 @@ export interface Generation {
   readonly text: string
   /** Generated token ids (end token excluded). */
   readonly tokens: readonly number[]
+  /** `eos`: the model ended the text (the output's `finish_reason` `stop`); `length`: the token limit cut it. */
   readonly finish: 'eos' | 'length'
+  /** Log-probability of each token chosen, the end token included when the model ended it (see `GeneratedSequence`). */
+  readonly logprobs: readonly number[]
 }
 
 /** `decodeText` → a row's generated texts: one caption, or one answer per question. */

@@ -16,6 +16,20 @@ export function positiveInt(text: string): number {
   return n
 }
 
+/**
+ * A pipeline flag's `parse` (which throws plain errors, e.g. `int` a `RangeError` for `2.5`) as a commander
+ * argument parser: its error becomes commander's "argument ... is invalid" usage error (exit 2, one line).
+ */
+export function flagParser<T>(parse: (text: string) => T): (text: string) => T {
+  return (text) => {
+    try {
+      return parse(text)
+    } catch (error) {
+      throw new InvalidArgumentError(describeError(error))
+    }
+  }
+}
+
 /** `START:END` (END exclusive). */
 export function range(text: string): [number, number] {
   const m = /^(\d+):(\d+)$/.exec(text)
@@ -55,5 +69,5 @@ export function addReadOptions(command: Command): Command {
     .option('--keep <columns>', 'comma-separated input columns to copy to the output', list)
     .option('--rows <start:end>', 'only these rows of each file (to split a big shard)', range)
     .option('--row-groups <start:end>', 'only these row groups of each file', range)
-    .option('--limit <n>', 'stop after this many rows in total', nonNegativeInt)
+    .option('--limit <n>', 'stop after this many rows in total (at least 1)', positiveInt)
 }

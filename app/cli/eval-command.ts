@@ -1,9 +1,9 @@
 /** `evflow eval <out> --reference <inputs...>`: scores a run's output against its reference shards. */
-import { writeFileSync } from 'node:fs'
 import type { Command } from 'commander'
 
-import { PipelineConfigError, describeError } from '../../src/errors.js'
-import { ATTRIBUTES, QUESTION_TYPES, evaluateOutputs, type Attribute, type EvalReport } from '../eval/index.js'
+import { exitCodeHelp } from '../../src/errors.js'
+import { ATTRIBUTES, QUESTION_TYPES, evaluateOutputs, type Attribute, type EvalReport, type FinishReasonAccuracy } from '../eval/index.js'
+import { examplesHelp } from './examples.js'
 
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`
 const share = (n: number, of: number) => (of === 0 ? '-' : `${((100 * n) / of).toFixed(1)}%`)
@@ -22,6 +22,17 @@ function table(rows: readonly (readonly string[])[], indent = '    ', left: read
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)))
   const pad = (cell: string, c: number) => (c === 0 || left.includes(c) ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))
   return rows.map((r) => (indent + r.map(pad).join('  ')).trimEnd())
+}
+
+/** The "by finish reason" lines: ok rows that the model ended (`stop`) or the token limit cut (`length`). */
+function finishLines(by: FinishReasonAccuracy | null, what: string): string[] {
+  if (by === null) return []
+  const reasons = (['stop', 'length'] as const).filter((r) => by[r] !== undefined)
+  if (reasons.length === 0) return []
+  return [
+    `  ${what} by finish reason (ok rows; stop: the model ended the text, length: the token limit cut it):`,
+    ...table([['finish_reason', 'rows', 'correct', 'accuracy'], ...reasons.map((r) => [r, String(by[r]!.rows), String(by[r]!.correct), pct(by[r]!.accuracy)])]),
+  ]
 }
 
 /** The report as the table `evflow eval` prints. */
@@ -52,6 +63,7 @@ export function formatReport(report: EvalReport): string {
         [2],
       ),
     )
+    lines.push(...finishLines(c.byFinishReason, 'exact match'))
     const b = c.breakdown
     if (b && b.captions > 0) {
       const shown = ATTRIBUTES.filter((a) => (a === 'motion' ? b.videoCaptions > 0 : a === 'size' || a === 'position' ? b.imageCaptions > 0 : true))
@@ -71,6 +83,7 @@ export function formatReport(report: EvalReport): string {
   if (v) {
     lines.push('', `vqa: ${v.rows} questions (${v.ok} ok, ${v.error} error)${v.unscorable > 0 ? `, ${v.unscorable} without a ground-truth answer (not scored)` : ''}`)
     lines.push(...table([['accuracy', pct(v.accuracy), `${v.correct}/${v.rows}`]], '  ', [2]))
+    lines.push(...finishLines(v.byFinishReason, 'accuracy'))
     const types = QUESTION_TYPES.filter((t) => v.byType[t] !== undefined)
     if (types.length > 0) {
       lines.push(
@@ -94,7 +107,7 @@ export function registerEvalCommand(program: Command): void {
     .description('score a run\'s output against its reference shards: caption exact match, BLEU-4, CIDEr-D, VQA accuracy, errors by attribute')
     .requiredOption('--reference <inputs...>', 'the reference Parquet files, folders or globs (the run\'s inputs, with caption / question / answer / scene)')
     .option('--id-column <name>', "column joining output and reference rows (default 'id'; without one, rows are joined by order)")
-    .option('--json <file>', "also write the report as JSON to this file ('-': to stdout instead of the table)")
+    .option('--json', 'print the report as JSON on stdout instead of the table')
     .option('--verbose', 'print stacks on errors')
     .addHelpText(
       'after',
@@ -104,28 +117,12 @@ reference 'caption' (exact match, corpus BLEU-4, CIDEr-D as in coco-caption) and
 grammar to count errors by attribute (colour, shape, size, count, position; motion for clips) against
 'scene'. Answers are scored against the reference 'answer', or, for another question, the answer the
 grammar derives from 'scene'; accuracy per question type (color, count, exists, where, shape, direction).
-
-Examples:
-  evflow eval out/caption --reference fixtures/scenes/test.parquet
-  evflow eval out/vqa --reference fixtures/scenes/vqa.parquet --json out/vqa-eval.json
-
-Exit codes: 0 scored, 2 bad usage (a folder or file missing, no result column, no row in common),
-3 a shard unreadable, 1 anything else.`,
+When the output has 'finish_reason', exact match and accuracy are also given per finish reason.
+${examplesHelp('eval')}
+${exitCodeHelp([0, 1, 2, 3], { 0: 'scored', 2: 'a folder or file missing, no result column, no row in common', 3: 'a shard unreadable' })}`,
     )
-    .action(async (out: string, flags: { reference: string[]; idColumn?: string; json?: string }) => {
+    .action(async (out: string, flags: { reference: string[]; idColumn?: string; json?: boolean }) => {
       const report = await evaluateOutputs({ outDir: out, reference: flags.reference, ...(flags.idColumn ? { idColumn: flags.idColumn } : {}) })
-      const json = `${JSON.stringify(report, null, 2)}\n`
-      if (flags.json === '-') {
-        process.stdout.write(json)
-        return
-      }
-      if (flags.json !== undefined) {
-        try {
-          writeFileSync(flags.json, json)
-        } catch (cause) {
-          throw new PipelineConfigError('--json', `cannot write ${flags.json}: ${describeError(cause)}`, { cause })
-        }
-      }
-      process.stdout.write(formatReport(report))
+      process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report))
     })
 }

@@ -1,4 +1,7 @@
 /** `evflow inspect <shard>`: schema, row groups, row counts and which column holds images. */
+import { stat } from 'node:fs/promises'
+
+import { InputNotFoundError } from '../../src/errors.js'
 import { fileRows, openParquet } from '../../src/parquet/file.js'
 import { chooseImageColumn, summarizeColumns, type ColumnSummary } from '../../src/parquet/schema.js'
 
@@ -14,7 +17,14 @@ export interface ShardDescription {
   readonly keyValueMetadata: readonly string[]
 }
 
+/**
+ * Describes one Parquet file. Throws `InputNotFoundError` (exit 2, as the run commands) for a path that does
+ * not exist or is a folder, `ShardReadError` (exit 3) for a file that is not readable Parquet.
+ */
 export async function describeShardFile(path: string): Promise<ShardDescription> {
+  const info = await stat(path).catch(() => undefined)
+  if (!info) throw new InputNotFoundError(path, 'no such file')
+  if (info.isDirectory()) throw new InputNotFoundError(path, 'is a folder: evflow inspect reads one Parquet file (e.g. evflow inspect fixtures/scenes/test.parquet)')
   const file = await openParquet(path)
   try {
     const { metadata } = file

@@ -9,34 +9,63 @@
 import { realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
+import { z } from 'zod'
 
 import { pipelines } from '../../pipelines/index.js'
-import { EVFLOW_VERSION, runPipeline, type RunOptions, type RunSummary } from '../../pipelines/run.js'
+import { EVFLOW_VERSION, runPipeline, type ProgressSink, type RunOptions, type RunSummary } from '../../pipelines/run.js'
 import { flagHelp, type PipelineDefinition } from '../../pipelines/definition.js'
-import { EvflowError, PipelineConfigError, RunInterruptedError, describeError } from '../../src/errors.js'
+import { EvflowError, PipelineConfigError, RunInterruptedError, describeError, exitCodeHelp, exitCodeOf } from '../../src/errors.js'
+import { STATUS_COLUMNS } from '../../src/parquet/output-schema.js'
 import { registerEvalCommand } from './eval-command.js'
 import { registerQueueCommands } from './queue-commands.js'
-import { addReadOptions, positiveInt, readConfigFile } from './args.js'
+import { addReadOptions, flagParser, positiveInt, readConfigFile } from './args.js'
+import { examplesHelp } from './examples.js'
 import { addReadBudgetOptions, type ReadBudgetFlags } from './read-options.js'
 import { ParquetReader } from '../../src/parquet/reader.js'
 import { describeShardFile, formatDescription } from './inspect.js'
-import { formatSummary, jsonProgress, recordSeries, teeProgress, terminalProgress } from './progress.js'
+import { formatSummary, jsonProgress, lineProgress, recordSeries, teeProgress, terminalProgress } from './progress.js'
 import { registerReportCommand, reportAfterRun } from './report-command.js'
 
+/** The exit codes the CLI itself decides; the others come from the error classes (`src/errors.ts`). */
 export const EXIT = {
   ok: 0,
   unexpected: 1,
-  usage: 2,
-  shardsFailed: 3,
-  locked: 4,
-  interrupted: 130,
-  modelCannotRun: 6,
+  usage: exitCodeOf('PipelineConfigError'),
+  shardsFailed: exitCodeOf('ShardReadError'),
+  interrupted: exitCodeOf('RunInterruptedError'),
 } as const
 
 const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite', 'readTimeoutMs', 'readMemoryMb'] as const
 
 /** After the first Ctrl-C / SIGTERM, the process ends by this deadline whatever is still running. */
 const SIGNAL_DEADLINE_MS = 2500
+
+/**
+ * The checks of the run keys (`RUN_KEYS`) a config file or the flags give, as the pipeline's own config is
+ * checked. Keys without a rule here pass unchanged (their owners validate them).
+ */
+const range = z.tuple([z.number().int().min(0), z.number().int().min(0)])
+const runSchema = z.looseObject({
+  imageColumn: z.string().min(1).optional(),
+  idColumn: z.string().min(1).optional(),
+  keep: z.array(z.string().min(1)).optional(),
+  rows: range.optional(),
+  rowGroups: range.optional(),
+  /** 0 would commit empty shards: refused. */
+  limit: z.number().int().min(1).optional(),
+  maxRecordsInFlight: z.number().int().min(1).optional(),
+  overwrite: z.boolean().optional(),
+})
+
+/** One `PipelineConfigError` for a zod failure, naming the field. */
+function configError(error: z.ZodError): PipelineConfigError {
+  const issue = error.issues[0]
+  const field = issue.path.length > 0 ? issue.path.join('.') : ((issue as { keys?: string[] }).keys?.join(', ') ?? 'config')
+  return new PipelineConfigError(field, issue.message)
+}
+
+/** What a run command's help says about exit codes. */
+const RUN_EXIT_HELP = exitCodeHelp([0, 1, 2, 3, 4, 6, 130], { 0: 'row errors are data' })
 
 /** Merges defaults < config file < flags into one frozen config; throws `PipelineConfigError` naming the field. */
 export function resolveConfig(
@@ -54,12 +83,19 @@ export function resolveConfig(
     }
   }
   const parsed = definition.schema.safeParse(merged)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]
-    const field = issue.path.length > 0 ? issue.path.join('.') : ((issue as { keys?: string[] }).keys?.join(', ') ?? 'config')
-    throw new PipelineConfigError(field, issue.message)
-  }
-  return { config: Object.freeze(parsed.data as object), run: run as Partial<RunOptions> }
+  if (!parsed.success) throw configError(parsed.error)
+  const runParsed = runSchema.safeParse(run)
+  if (!runParsed.success) throw configError(runParsed.error)
+  return { config: Object.freeze(parsed.data as object), run: runParsed.data as Partial<RunOptions> }
+}
+
+/**
+ * Kept columns that the output writes under another name: a kept column named like a status or result
+ * column becomes `input_<name>` (`--keep caption` on `caption`). One note per such column.
+ */
+export function renamedKeptColumns(definition: PipelineDefinition, config: object, keep: readonly string[]): string[] {
+  const reserved = new Set<string>([...STATUS_COLUMNS, ...definition.columns(config).map((c) => c.name)])
+  return keep.filter((name) => reserved.has(name)).map((name) => `the kept column ${name} is written as input_${name} (${name} is a column ${definition.name} writes)`)
 }
 
 interface CommonFlags extends ReadBudgetFlags {
@@ -86,7 +122,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       .requiredOption('-o, --out <dir>', 'output folder (one output shard per input shard)'),
   )
     .option('--overwrite', 'redo shards that are already committed')
-    .option('--json', 'JSON lines on stdout instead of a progress bar')
+    .option('--json', 'JSON lines on stdout (start, progress, shard, summary) instead of the progress display')
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
     .option('--verbose', 'print stacks on errors')
     .option('--report', 'at the end, write an HTML report to <out>/_evflow/report.html (see evflow report)')
@@ -94,14 +130,17 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
   for (const flag of definition.flags) {
     // The default shown is the pipeline's own (`vqa`: 8 new tokens, `caption`: 32).
     const option = new Option(flag.flags, flagHelp(flag, definition.defaults))
-    const parse = flag.parse ?? ((text: string) => text)
+    const parse = flagParser(flag.parse ?? ((text: string) => text))
     if (flag.repeatable) option.argParser((text: string, previous: unknown[] | undefined) => [...(previous ?? []), parse(text)])
     else if (flag.parse) option.argParser((text: string) => parse(text))
     command.addOption(option)
   }
+  const results = definition.columns(definition.defaults).map((c) => c.name)
   command.addHelpText(
     'after',
-    `\nExamples:\n  evflow ${definition.name} fixtures/shards -o out/${definition.name}\n  evflow ${definition.name} 'data/**/*.parquet' -o out/ --keep url,caption --json\n\nExit codes: 0 ok (row errors are data), 2 bad usage or config, 3 some shards unreadable,\n4 output folder in use, 6 the model cannot run, 130 interrupted (rerun to resume), 1 anything else.`,
+    `\nOutput columns: the kept columns (--keep, the id column), ${STATUS_COLUMNS.join(', ')}, ${results.join(', ')}.\n` +
+      `A kept column named like one of these is written as input_<name> (--keep ${results[0]} gives input_${results[0]}).\n` +
+      `${examplesHelp(definition.name)}\n${RUN_EXIT_HELP}`,
   )
   command.action(async (inputs: string[], flags: CommonFlags & Record<string, unknown>) => {
     const flagConfig: Record<string, unknown> = {
@@ -146,15 +185,17 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     }
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
-    // --json: JSON lines on stdout and nothing else; a terminal: a bar on stderr; otherwise (logs, CI):
-    // JSON lines on stderr, so stdout keeps only the summary.
-    const progress = flags.json
-      ? jsonProgress((line) => process.stdout.write(line))
-      : process.stderr.isTTY
-        ? terminalProgress(definition.name)
-        : jsonProgress((line) => process.stderr.write(line))
-    if (!flags.json && process.stderr.isTTY) {
-      process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
+    // --json: JSON lines on stdout and nothing else; a terminal: a bar on stderr; otherwise (logs, CI): a
+    // short line on stderr every 10 s, so stdout keeps only the summary.
+    const display = flags.json ? undefined : process.stderr.isTTY ? terminalProgress(definition.name) : lineProgress(definition.name, (line) => process.stderr.write(line))
+    const progress = display ?? jsonProgress((line) => process.stdout.write(line))
+    // Said once, when the checks have passed and the work starts: the config (on a terminal), what the
+    // model is not for, and kept columns written under another name.
+    const notes: ProgressSink = {
+      start: () => {
+        if (!flags.json && process.stderr.isTTY) process.stderr.write(`evflow ${EVFLOW_VERSION} ${definition.name}: config ${JSON.stringify(config)}\n`)
+        for (const note of [...(definition.notices?.(config) ?? []), ...renamedKeptColumns(definition, config, run.keep ?? [])]) process.stderr.write(`evflow: note: ${note}\n`)
+      },
     }
     const series = recordSeries(flags.out)
     let summary: RunSummary
@@ -163,12 +204,14 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
         ...run,
         inputs,
         outDir: flags.out,
-        progress: teeProgress(progress, series),
-        progressIntervalMs: flags.json || !process.stderr.isTTY ? 2000 : 200,
+        progress: teeProgress(notes, progress, series),
+        progressIntervalMs: flags.json ? 2000 : 200,
         signal: controller.signal,
         reader,
       } as RunOptions)
     } finally {
+      // however the run ends: a bar left running would hold the process open
+      display?.close()
       series.done()
       await reader.close()
     }
@@ -184,13 +227,17 @@ export function buildProgram(): Command {
     .name('evflow')
     .description('Run efficient vision-language models over Parquet datasets; write results back as Parquet.')
     .version(EVFLOW_VERSION)
-    .showHelpAfterError('(run with --help for usage)')
+    // A usage mistake is one line: commander's message and where to look.
+    .configureOutput({ outputError: (text, write) => write(`${text.trimEnd()} (see --help)\n`) })
     .exitOverride()
+  program.addHelpText('after', `${examplesHelp('evflow')}\nEach command has its own --help, with examples and exit codes; docs/cli.md has them all.`)
   for (const definition of Object.values(pipelines)) addPipelineCommand(program, definition)
   program
     .command('inspect <shard>')
     .description('show a Parquet shard: schema, row groups, row counts, image column')
     .option('--json', 'print JSON')
+    .option('--verbose', 'print stacks on errors')
+    .addHelpText('after', `${examplesHelp('inspect')}\n${exitCodeHelp([0, 1, 2, 3], { 2: 'no such file, or a folder', 3: 'not a readable Parquet file' })}`)
     .action(async (shard: string, flags: { json?: boolean }) => {
       const description = await describeShardFile(shard)
       process.stdout.write(flags.json ? `${JSON.stringify(description, null, 2)}\n` : formatDescription(description))

@@ -6,9 +6,10 @@ import { Command, Option } from 'commander'
 
 import { pipelines } from '../../pipelines/index.js'
 import type { RunOptions } from '../../pipelines/run.js'
-import type { PipelineDefinition, PipelineFlag } from '../../pipelines/definition.js'
-import { PipelineConfigError } from '../../src/errors.js'
+import { flagHelp, type PipelineDefinition, type PipelineFlag } from '../../pipelines/definition.js'
+import { PipelineConfigError, describeError, exitCodeHelp } from '../../src/errors.js'
 import { addReadOptions, nonNegativeInt, positiveInt, readConfigFile } from './args.js'
+import { examplesHelp } from './examples.js'
 import { addReadBudgetOptions, readBudgetOf, type ReadBudgetFlags } from './read-options.js'
 import { DEFAULT_QUEUE_NAME, queueAddress } from '../queue/connection.js'
 // bullmq is imported by the actions only, so that other commands do not pay for loading it.
@@ -28,7 +29,22 @@ export interface QueueCommandsOptions {
   readonly pipelines?: Readonly<Record<string, PipelineDefinition>>
 }
 
-const QUEUE_EXIT_HELP = '\nExit codes: 0 ok, 2 bad usage or config, 5 queue (Redis) unreachable, 1 anything else.'
+const QUEUE_EXIT_HELP = `\n${exitCodeHelp([0, 1, 2, 5])}`
+
+/**
+ * The help of a pipeline flag `submit` offers: its description, the pipelines that have it and each one's
+ * default, e.g. `most generated tokens per text [caption, video-caption: default 32; vqa: default 8]`.
+ */
+export function submitFlagHelp(owners: readonly { flag: PipelineFlag; definition: PipelineDefinition }[]): string {
+  const byDefault = new Map<string, string[]>()
+  for (const { flag, definition } of owners) {
+    const full = flagHelp(flag, definition.defaults)
+    const shown = full.startsWith(flag.description) ? full.slice(flag.description.length).trim().replace(/^\((.*)\)$/, '$1') : ''
+    byDefault.set(shown, [...(byDefault.get(shown) ?? []), definition.name])
+  }
+  const groups = [...byDefault].map(([shown, names]) => (shown === '' ? names.join(', ') : `${names.join(', ')}: ${shown}`))
+  return `${owners[0].flag.description} [${groups.join('; ')}]`
+}
 
 
 function addQueueOptions(command: Command): Command {
@@ -68,26 +84,26 @@ function addSubmitCommand(program: Command, registry: Readonly<Record<string, Pi
     .option('--json', 'print the report as JSON')
     .option('--verbose', 'print stacks on errors')
 
-  // Every pipeline's options, parsed by the chosen pipeline's own parser once it is known.
-  const owners = new Map<string, { flag: PipelineFlag; pipeline: string }[]>()
+  // Every pipeline's options, parsed by the chosen pipeline's own parser once it is known; the help names
+  // the pipelines that have each one, with their defaults.
+  const owners = new Map<string, { flag: PipelineFlag; definition: PipelineDefinition; pipeline: string }[]>()
   const taken = new Set(command.options.map((o) => o.attributeName()))
   for (const definition of Object.values(registry)) {
     for (const flag of definition.flags) {
-      const option = new Option(flag.flags, `[${definition.name}] ${flag.description}`)
-      if (flag.repeatable) option.argParser((text: string, previous: string[] | undefined) => [...(previous ?? []), text])
-      const attribute = option.attributeName()
+      const attribute = new Option(flag.flags).attributeName()
       if (!owners.has(attribute)) {
         if (taken.has(attribute)) continue
         owners.set(attribute, [])
-        command.addOption(option)
       }
-      owners.get(attribute)!.push({ flag, pipeline: definition.name })
+      owners.get(attribute)!.push({ flag, definition, pipeline: definition.name })
     }
   }
-  command.addHelpText(
-    'after',
-    `\nExamples:\n  evflow submit /shared/in -o /shared/out --pipeline scan --queue redis://10.0.0.5:6379\n  evflow status --queue redis://10.0.0.5:6379\n${QUEUE_EXIT_HELP}`,
-  )
+  for (const entries of owners.values()) {
+    const option = new Option(entries[0].flag.flags, submitFlagHelp(entries))
+    if (entries[0].flag.repeatable) option.argParser((text: string, previous: string[] | undefined) => [...(previous ?? []), text])
+    command.addOption(option)
+  }
+  command.addHelpText('after', `${examplesHelp('submit')}${QUEUE_EXIT_HELP}`)
 
   command.action(async (inputs: string[], flags: Record<string, unknown> & QueueFlags) => {
     const queue = address(flags)
@@ -107,7 +123,14 @@ function addSubmitCommand(program: Command, registry: Readonly<Record<string, Pi
       if (raw === undefined || command.getOptionValueSource(attribute) !== 'cli') continue
       const mine = entries.find((e) => e.pipeline === definition.name)
       if (!mine) throw new PipelineConfigError(`--${attribute.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, `not an option of pipeline ${definition.name}`)
-      const parse = (value: unknown) => (typeof value === 'string' && mine.flag.parse ? mine.flag.parse(value) : value)
+      const parse = (value: unknown) => {
+        if (typeof value !== 'string' || !mine.flag.parse) return value
+        try {
+          return mine.flag.parse(value)
+        } catch (error) {
+          throw new PipelineConfigError(mine.flag.flags.split(' ')[0], describeError(error))
+        }
+      }
       flagConfig[mine.flag.key] = Array.isArray(raw) ? raw.map(parse) : parse(raw)
     }
     const { config, run } = resolveConfig(definition, readConfigFile(flags.config as string | undefined), flagConfig)
@@ -169,7 +192,7 @@ function addWorkerCommand(program: Command): void {
     .option('--verbose', 'print stacks on errors')
     .addOption(new Option('--debug-row-delay-ms <ms>', 'testing only: pause after each row').argParser(nonNegativeInt).hideHelp())
   addReadBudgetOptions(command)
-  command.addHelpText('after', `\nExample:\n  evflow worker --queue redis://10.0.0.5:6379 --concurrency 1\n\nStop with SIGTERM or Ctrl-C (twice: put current shards back at once).${QUEUE_EXIT_HELP}`)
+  command.addHelpText('after', `${examplesHelp('worker')}\nStop with SIGTERM or Ctrl-C (twice: put current shards back at once).${QUEUE_EXIT_HELP}`)
   command.action(async (flags: WorkerFlags) => {
     const queue = address(flags)
     const json = flags.json === true || !process.stderr.isTTY
@@ -233,7 +256,7 @@ function addStatusCommands(program: Command): void {
     .command('status [id]')
     .description('shards queued / retrying / running / done / failed per run, rows/s, ETA, last errors; or one job (by job id)')
   addQueueOptions(status).option('--json', 'print JSON').option('--verbose', 'print stacks on errors')
-  status.addHelpText('after', QUEUE_EXIT_HELP)
+  status.addHelpText('after', `${examplesHelp('status')}${QUEUE_EXIT_HELP}`)
   status.action(async (id: string | undefined, flags: QueueFlags) => {
     const queue = address(flags)
     const { formatJob, formatStatus, jobDetail, queueStatus } = await import('../queue/status.js')
@@ -255,7 +278,7 @@ function addStatusCommands(program: Command): void {
     .option('--purge', "also remove finished jobs' records (a later submit queues the run afresh; committed shards are still skipped)")
     .option('--json', 'print JSON')
     .option('--verbose', 'print stacks on errors')
-  cancel.addHelpText('after', QUEUE_EXIT_HELP)
+  cancel.addHelpText('after', `${examplesHelp('cancel')}${QUEUE_EXIT_HELP}`)
   cancel.action(async (run: string | undefined, flags: QueueFlags & { all?: boolean; purge?: boolean }) => {
     const queue = address(flags)
     if (run === undefined && !flags.all) throw new PipelineConfigError('run', 'name the run to cancel (see evflow status), or give --all')

@@ -3,7 +3,9 @@ import type { Command } from 'commander'
 
 import { EVFLOW_VERSION } from '../../pipelines/run.js'
 import { buildReport, type ReportOptions, type ReportResult } from '../report/index.js'
+import { exitCodeHelp } from '../../src/errors.js'
 import { nonNegativeInt } from './args.js'
+import { examplesHelp } from './examples.js'
 
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(2)} MB`
 
@@ -49,13 +51,8 @@ export function registerReportCommand(program: Command): void {
 The page has no external resource (inline CSS, SVG and thumbnails; it makes no network request) and
 stays under 5 MB. It reads each output shard once, and the input rows of the sampled rows for thumbnails
 (the completion records name each shard's input and rows).
-
-Examples:
-  evflow report out/caption
-  evflow report out/caption -o caption-report.html --reference fixtures/scenes/test.parquet
-
-Exit codes: 0 written, 2 bad usage (no such folder, nothing committed in it, a reference missing),
-3 a reference shard unreadable, 1 the page cannot be written or anything else.`,
+${examplesHelp('report')}
+${exitCodeHelp([0, 1, 2, 3], { 0: 'written', 2: 'no such folder, nothing committed in it, a reference missing', 3: 'a reference shard unreadable', 1: 'the page cannot be written' })}`,
     )
     .action(async (out: string, flags: { output?: string; reference?: string[]; idColumn?: string; sample?: number; seed?: number }) => {
       const options: ReportOptions = {

@@ -10,6 +10,9 @@
  * row is reference row START). Several output rows may share an id (many questions per image): each is
  * scored. Error rows (`status = 'error'`) count as wrong in every metric and are reported with their
  * codes; the attribute breakdown covers ok rows only. Rows on one side only are reported, not scored.
+ * When the output has `finish_reason` (evflow's text pipelines write it), exact match and VQA accuracy are
+ * also given per finish reason, over the ok rows: `stop` (the model ended the text) and `length` (the token
+ * limit cut it), which is where a model's confident-looking nonsense tends to show.
  */
 import { stat } from 'node:fs/promises'
 import { basename } from 'node:path'
@@ -77,6 +80,9 @@ export interface CaptionBreakdown {
   readonly attributes: Readonly<Record<Attribute, AttributeCount>>
 }
 
+/** Ok rows by how their text ended (`finish_reason`), and how many of them are right. */
+export type FinishReasonAccuracy = Readonly<Partial<Record<'stop' | 'length', QuestionTypeAccuracy>>>
+
 export interface CaptionReport {
   /** Rows scored (ok + error), each with one reference caption. */
   readonly rows: number
@@ -91,6 +97,8 @@ export interface CaptionReport {
   readonly ciderD: number
   /** Null when the reference has no scene column. */
   readonly breakdown: CaptionBreakdown | null
+  /** Exact match of the ok rows per finish reason; null when the output has no `finish_reason` column. */
+  readonly byFinishReason: FinishReasonAccuracy | null
 }
 
 export interface QuestionTypeAccuracy {
@@ -110,6 +118,8 @@ export interface VqaReport {
   /** Questions without a ground-truth answer (not the reference row's question and not answerable from its scene). */
   readonly unscorable: number
   readonly byType: Readonly<Partial<Record<EvalQuestionType, QuestionTypeAccuracy>>>
+  /** Accuracy of the ok rows per finish reason; null when the output has no `finish_reason` column. */
+  readonly byFinishReason: FinishReasonAccuracy | null
 }
 
 export interface EvalReport {
@@ -136,7 +146,8 @@ interface Shard {
   readonly rows: Row[]
 }
 
-const OUTPUT_COLUMNS = ['status', 'error', 'error_code', 'caption', 'question', 'answer']
+const OUTPUT_COLUMNS = ['status', 'error', 'error_code', 'caption', 'question', 'answer', 'finish_reason']
+const FINISH_REASONS = ['stop', 'length'] as const
 const REFERENCE_COLUMNS = ['caption', 'question', 'answer', 'scene']
 
 async function readShard(path: string, wanted: readonly string[]): Promise<Shard> {
@@ -275,9 +286,31 @@ function joinByOrder(outputs: readonly Shard[], references: readonly Shard[]) {
 
 const statusOf = (row: Row): 'ok' | 'error' => (asText(row.status) === 'error' ? 'error' : 'ok')
 
-function scoreCaptions(joined: readonly Joined[], hasScene: boolean): CaptionReport | null {
+/** Counts ok rows and right ones per finish reason (`stop`, `length`; other values are not counted). */
+class FinishTally {
+  private readonly counts = new Map<string, { rows: number; correct: number }>()
+  add(row: Row, right: boolean): void {
+    const reason = asText(row.finish_reason)
+    if (reason === null || statusOf(row) !== 'ok') return
+    const c = this.counts.get(reason) ?? { rows: 0, correct: 0 }
+    c.rows++
+    if (right) c.correct++
+    this.counts.set(reason, c)
+  }
+  report(): FinishReasonAccuracy {
+    const out: Partial<Record<'stop' | 'length', QuestionTypeAccuracy>> = {}
+    for (const reason of FINISH_REASONS) {
+      const c = this.counts.get(reason)
+      if (c) out[reason] = { rows: c.rows, correct: c.correct, accuracy: c.correct / c.rows }
+    }
+    return out
+  }
+}
+
+function scoreCaptions(joined: readonly Joined[], hasScene: boolean, hasFinish: boolean): CaptionReport | null {
   const pairs: TextPair[] = []
   const scenes: (Scene | null)[] = []
+  const finish = new FinishTally()
   let ok = 0
   let error = 0
   for (const { out, ref } of joined) {
@@ -287,8 +320,10 @@ function scoreCaptions(joined: readonly Joined[], hasScene: boolean): CaptionRep
     const isOk = statusOf(out) === 'ok'
     if (isOk) ok++
     else error++
-    pairs.push({ candidate: isOk ? asText(out.caption) : null, reference })
+    const pair = { candidate: isOk ? asText(out.caption) : null, reference }
+    pairs.push(pair)
     scenes.push(isOk ? scene : null)
+    finish.add(out, isExactMatch(pair.candidate, pair.reference))
   }
   if (pairs.length === 0) return null
   const exactMatches = pairs.filter((p) => isExactMatch(p.candidate, p.reference)).length
@@ -303,6 +338,7 @@ function scoreCaptions(joined: readonly Joined[], hasScene: boolean): CaptionRep
     bleu,
     ciderD: ciderD(pairs).cider,
     breakdown: hasScene ? breakdownOf(pairs, scenes) : null,
+    byFinishReason: hasFinish ? finish.report() : null,
   }
 }
 
@@ -337,7 +373,8 @@ function breakdownOf(pairs: readonly TextPair[], scenes: readonly (Scene | null)
   return { captions: imageCaptions + videoCaptions, imageCaptions, videoCaptions, parsed, unparsed, objects, correct, attributes }
 }
 
-function scoreAnswers(joined: readonly Joined[]): VqaReport | null {
+function scoreAnswers(joined: readonly Joined[], hasFinish: boolean): VqaReport | null {
+  const finish = new FinishTally()
   let rows = 0
   let ok = 0
   let error = 0
@@ -367,6 +404,7 @@ function scoreAnswers(joined: readonly Joined[]): VqaReport | null {
     if (isOk) ok++
     else error++
     if (right) correct++
+    finish.add(out, right)
     const type = questionType(question)
     const t = byType.get(type) ?? { rows: 0, correct: 0 }
     t.rows++
@@ -379,7 +417,7 @@ function scoreAnswers(joined: readonly Joined[]): VqaReport | null {
     const t = byType.get(type)
     if (t) types[type] = { rows: t.rows, correct: t.correct, accuracy: t.correct / t.rows }
   }
-  return { rows, ok, error, correct, accuracy: rows === 0 ? 0 : correct / rows, unscorable, byType: types }
+  return { rows, ok, error, correct, accuracy: rows === 0 ? 0 : correct / rows, unscorable, byType: types, byFinishReason: hasFinish ? finish.report() : null }
 }
 
 // ------------------------------------------------------------------------------------------------- entry
@@ -474,7 +512,7 @@ export async function evaluateOutputs(options: EvaluateOptions): Promise<EvalRep
       notInReference,
       duplicateReferenceIds,
     },
-    caption: hasCaption ? scoreCaptions(joined, has(references, 'scene')) : null,
-    vqa: hasAnswer ? scoreAnswers(joined) : null,
+    caption: hasCaption ? scoreCaptions(joined, has(references, 'scene'), has(outputs, 'finish_reason')) : null,
+    vqa: hasAnswer ? scoreAnswers(joined, has(outputs, 'finish_reason')) : null,
   }
 }

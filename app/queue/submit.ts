@@ -27,6 +27,7 @@ import {
 import { fileRows, openParquet, rowGroupRanges } from '../../src/parquet/file.js'
 import { assignOutputNames, checkOutputFolder, type ShardIdentity } from '../../src/parquet/inputs.js'
 import { planShards } from '../../src/parquet/shards.js'
+import { checkPlan } from '../../pipelines/check-plan.js'
 import { commandConnection, describeQueue, type QueueAddress } from './connection.js'
 import { JOB_FORMAT, runId, shardJobId, type ShardJobData, type ShardJobResult } from './job.js'
 
@@ -92,6 +93,7 @@ export async function planJobs(options: Omit<SubmitOptions, 'address'>): Promise
     ...(read.limit === undefined ? {} : { limit: read.limit }),
   })
   checkOutputFolder(outDir, options.inputs, planned.map((p) => p.plan.info.path))
+  await checkPlan(definition, config, planned, { outDir, ...columns })
   const common = {
     format: JOB_FORMAT,
     run,

@@ -14,6 +14,7 @@ import { basename, dirname, join } from 'node:path'
 
 import { EVFLOW_VERSION, type RunSummary } from '../../pipelines/run.js'
 import { InputNotFoundError, PipelineConfigError, ShardWriteError, describeError } from '../../src/errors.js'
+import { domainText, readManifest } from '../../src/model/manifest.js'
 import { EVFLOW_DIR, outputLayout } from '../../src/parquet/commit.js'
 import { evaluateOutputs, type EvalReport } from '../eval/index.js'
 import { scanOutput } from './read-output.js'
@@ -88,13 +89,23 @@ async function modelInfo(config: unknown, pipeline: string | null): Promise<Mode
   if (typeof section?.model !== 'string') return null
   const manifest = await readJson<Record<string, unknown>>(join(section.model, 'manifest.json'), 4 * 1024 * 1024)
   const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : null)
-  const domain = manifest?.domain
   return {
     path: section.model,
     name: str(manifest?.name),
     description: str(manifest?.description),
-    domain: typeof domain === 'string' ? domain : domain && typeof domain === 'object' ? JSON.stringify(domain) : null,
+    domain: declaredDomain(section.model, manifest?.domain),
   }
+}
+
+/** The model's declared domain in words: the manifest's `domain`, or its `domain.json` (read as a run reads it). */
+function declaredDomain(dir: string, raw: unknown): string | null {
+  try {
+    const { domain } = readManifest(dir)
+    if (domain) return domainText(domain)
+  } catch {
+    // a package the run could read may have changed since; fall back to what the raw manifest says
+  }
+  return typeof raw === 'string' ? raw : raw && typeof raw === 'object' ? JSON.stringify(raw) : null
 }
 
 /** Writes `text` to `path` through a temporary file in the same folder and a rename. */

@@ -16,6 +16,8 @@
  * What decides the tokens is `GenerationParams` (with the model); `BatchingOptions` only change speed. A
  * sample's tokens do not depend on the other samples in its batch: masked positions get exactly zero
  * attention weight (additive -1e9 before softmax), and each row's computation is independent of the others.
+ * Each sequence returns how it ended (`finish`) and the log-probability of every token chosen (`logprobs`,
+ * from its own logits: batch-invariant like the tokens).
  */
 import { ModelUsageError, PipelineConfigError, ShapeMismatchError } from '../errors.js'
 import { elementCount, float32, int64, type Feeds, type TensorData } from '../tensor/tensors.js'
@@ -80,6 +82,32 @@ export interface GeneratedSequence {
   readonly tokens: number[]
   /** `eos`: the model ended it; `length`: it hit the token limit. */
   readonly finish: 'eos' | 'length'
+  /**
+   * The log-probability of each token the search chose (its log-softmax under the decoder's logits at that
+   * step), the end token included when the model ended the text: `tokens.length + 1` values for `eos`,
+   * `tokens.length` for `length`. From the sequence's own logits only, so batch-invariant like the tokens.
+   */
+  readonly logprobs: number[]
+}
+
+/** How sure the model was of a text: the mean and the minimum of its tokens' log-probabilities. */
+export interface TextConfidence {
+  /** Mean token log-probability (≤ 0; `exp` of it is the geometric-mean token probability). */
+  readonly mean: number
+  /** The least probable token's log-probability. */
+  readonly min: number
+}
+
+/** The mean and minimum of `logprobs` (null when there is none: a sequence always has one). */
+export function textConfidence(logprobs: readonly number[]): TextConfidence | null {
+  if (logprobs.length === 0) return null
+  let sum = 0
+  let min = Infinity
+  for (const lp of logprobs) {
+    sum += lp
+    if (lp < min) min = lp
+  }
+  return { mean: sum / logprobs.length, min }
 }
 
 export interface GenerationStats {
@@ -197,7 +225,7 @@ export async function generate(
     stats.tokens += rows.length
     for (const sequence of finished) {
       const best = bestHypothesis(sequence)
-      results[sequence.index] = { tokens: best.tokens, finish: best.finish }
+      results[sequence.index] = { tokens: best.tokens, finish: best.finish, logprobs: best.logprobs }
     }
     const identity = parents.length === rows.length && parents.every((p, i) => p === i)
     return { beams: next, cache: identity ? cache : cache.gather(parents) }
@@ -222,7 +250,7 @@ export async function generate(
     const { feeds, mask, length } = prefillInputs(joining.map((s) => s.sample.prompt), decoder.pad)
     const empty = [decoder.nLayer, n, decoder.heads, 0, decoder.headDim]
     const out = await run({ ...feeds, past_k: float32(empty), past_v: float32(empty), ...gatherMemory(memory, joining.map((s) => s.sample.memoryRow)) })
-    const rows: Beam[] = joining.map((s) => ({ sequence: s, tokens: [], score: 0, position: s.sample.prompt.length - 1 }))
+    const rows: Beam[] = joining.map((s) => ({ sequence: s, tokens: [], logprobs: [], score: 0, position: s.sample.prompt.length - 1 }))
     return advance(rows, out.logits, KvCache.fromPresent(decoder, n, length, out.present_k, out.present_v, mask))
   }
 

@@ -5,7 +5,7 @@
  * (a batch's whole generation loop). Tensors arrive and leave as transferred ArrayBuffers. onnxruntime-node
  * blocks its thread during `run`, which is why this is not the main thread.
  */
-import * as ort from 'onnxruntime-node'
+import type * as ort from 'onnxruntime-node'
 import { move, transferableSymbol, valueSymbol } from 'piscina'
 
 import { dispatchToExperts } from './experts.js'
@@ -95,11 +95,33 @@ interface OpenSession {
 
 const sessions = new Map<string, Promise<OpenSession>>()
 
+let runtime: Promise<typeof ort> | undefined
+
+/** onnxruntime-node cannot be loaded at all (its message is kept whole). */
+class RuntimeMissing extends Error {}
+
+/**
+ * onnxruntime-node, loaded on first use. Its native binding ships in the npm package for Linux, macOS and
+ * Windows (x64, arm64); when it is missing or cannot load (another platform, a broken install), every
+ * session fails with this one explanation instead of the loader's error.
+ */
+function onnxRuntime(): Promise<typeof ort> {
+  runtime ??= import('onnxruntime-node').catch((cause: unknown) => {
+    runtime = undefined
+    throw new RuntimeMissing(
+      `ONNX Runtime cannot load its native binding (${firstLine(cause).slice(0, 200)}): onnxruntime-node is missing or was installed for another platform; ` +
+        `reinstall it (npm install; offline or CPU-only: ONNXRUNTIME_NODE_INSTALL=skip npm install)`,
+    )
+  })
+  return runtime
+}
+
 function keyOf(spec: SessionSpec): string {
   return `${spec.path}|${spec.provider}|${spec.intraOpNumThreads}`
 }
 
 async function openSession(spec: SessionSpec): Promise<OpenSession> {
+  const ort = await onnxRuntime()
   const options = (provider: ExecutionProvider): ort.InferenceSession.SessionOptions => ({
     executionProviders: [provider],
     // A provider that cannot start is reported by the exception (and the fallback warning), not by ORT's log.
@@ -166,7 +188,7 @@ async function session(spec: SessionSpec): Promise<OpenSession> {
     return await opening
   } catch (error) {
     sessions.delete(key)
-    throw new GraphFailure(spec.path, `cannot create a session: ${firstLine(error)}`, true)
+    throw new GraphFailure(spec.path, `cannot create a session: ${error instanceof RuntimeMissing ? error.message : firstLine(error)}`, true)
   }
 }
 
@@ -176,8 +198,9 @@ async function runSession(spec: SessionSpec, input: Feeds, outputNames?: readonl
   const problem = checkFeeds(open.session, input)
   const described = () => Object.entries(input).map(([name, t]) => describeTensor(name, t)).join(', ')
   if (problem) throw new GraphFailure(spec.path, `${problem} (feeds: ${described()})`)
+  const { Tensor } = await onnxRuntime()
   const feeds: Record<string, ort.Tensor> = {}
-  for (const [name, t] of Object.entries(input)) feeds[name] = new ort.Tensor(t.dtype, t.data, [...t.dims])
+  for (const [name, t] of Object.entries(input)) feeds[name] = new Tensor(t.dtype, t.data, [...t.dims])
   let results: ort.InferenceSession.ReturnType
   try {
     results = outputNames ? await open.session.run(feeds, [...outputNames]) : await open.session.run(feeds)

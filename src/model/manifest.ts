@@ -5,6 +5,11 @@
  * runtime reads from it is in the schema below; `readManifest` is the only function that reads the file, and
  * it feeds the pipelines (preprocessing, the fingerprint in the config hash) and the model package (graphs,
  * tokenizer, prompts). Errors are `ModelManifestError`s naming the field.
+ *
+ * The model's domain (what it was trained on, what its vocabulary covers) is the manifest's optional
+ * `domain`; a package whose manifest predates the field may declare it in a sidecar, `domain.json`, bound to
+ * the exact manifest by its sha256 (see `DOMAIN_FILE`). It is read here too, and never enters the
+ * fingerprint: it describes the model, it does not change its outputs.
  */
 import { createHash } from 'node:crypto'
 import { readFileSync, realpathSync } from 'node:fs'
@@ -29,6 +34,27 @@ const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'must be a hex sha256')
 /** A prompt: special tokens by name (`<bos>`, `<sep>`) and, for questions, the `{question}` slot. */
 const template = z.array(z.string().min(1)).min(1)
 
+/** What a model was trained on (`domain` in the manifest, or in `domain.json`). */
+export const domainSchema = z
+  .object({
+    /** True when the model was trained only on generated (synthetic) data: its outputs on real images mean nothing. */
+    synthetic: z.boolean(),
+    /** What it was trained on, in a phrase (e.g. `synthetic scenes of coloured shapes on a plain background`). */
+    trained_on: z.string().min(1),
+    /** What its vocabulary covers, in a phrase (e.g. `a closed list of 65 words`). */
+    vocabulary: z.string().min(1).optional(),
+  })
+  .passthrough()
+
+export type ModelDomain = z.infer<typeof domainSchema>
+
+/**
+ * The sidecar that declares the domain of a package whose manifest has no `domain` field (a manifest cannot
+ * be edited without changing the model's fingerprint): `{ "manifest_sha256": "<sha256 of manifest.json>",
+ * "domain": { ... } }`. It applies only to the manifest with that sha256; for any other it is an error.
+ */
+export const DOMAIN_FILE = 'domain.json'
+
 const graphSpec = z.object({
   file: z.string().min(1),
   inputs: z.array(valueSpec).min(1),
@@ -41,6 +67,8 @@ export const manifestSchema = z.object({
   format: z.literal(MODEL_FORMAT),
   name: z.string().min(1),
   description: z.string().optional(),
+  /** What the model was trained on. Optional: a package without it (and without `domain.json`) declares nothing. */
+  domain: domainSchema.optional(),
   dims: z.object({
     image_size: positive,
     patch_size: positive,
@@ -93,6 +121,10 @@ export interface ManifestFile {
   readonly manifest: Readonly<ModelManifest>
   /** sha256 of the manifest's bytes (which hold the sha256 of every file): identifies the model's content. */
   readonly fingerprint: string
+  /** The declared domain: the manifest's `domain`, else `domain.json`'s; null when the package declares none. */
+  readonly domain: Readonly<ModelDomain> | null
+  /** Where `domain` was declared. */
+  readonly domainSource: 'manifest.json' | typeof DOMAIN_FILE | null
 }
 
 export interface ReadManifestOptions {
@@ -132,7 +164,52 @@ export function readManifest(dirInput: string, options: ReadManifestOptions = {}
   }
   const manifest = parsed.data
   checkConsistency(manifest, options.requiredGraphs ?? REQUIRED_GRAPHS)
-  return { dir, manifest: Object.freeze(manifest), fingerprint: createHash('sha256').update(bytes).digest('hex') }
+  const fingerprint = createHash('sha256').update(bytes).digest('hex')
+  const sidecar = manifest.domain === undefined ? readDomainFile(dir, fingerprint) : null
+  return {
+    dir,
+    manifest: Object.freeze(manifest),
+    fingerprint,
+    domain: manifest.domain ?? sidecar,
+    domainSource: manifest.domain !== undefined ? 'manifest.json' : sidecar ? DOMAIN_FILE : null,
+  }
+}
+
+/** A declared domain in one line: `synthetic data: <trained_on>; vocabulary: <vocabulary>`. */
+export function domainText(domain: ModelDomain): string {
+  return `${domain.synthetic ? 'synthetic data' : 'real data'}: ${domain.trained_on}${domain.vocabulary ? `; vocabulary: ${domain.vocabulary}` : ''}`
+}
+
+const domainFileSchema = z.object({ manifest_sha256: sha256, domain: domainSchema }).strict()
+
+/** `<dir>/domain.json`, checked against the manifest's sha256; null when there is none. */
+function readDomainFile(dir: string, fingerprint: string): ModelDomain | null {
+  let text: string
+  try {
+    text = readFileSync(join(dir, DOMAIN_FILE), 'utf8')
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw new ModelManifestError(DOMAIN_FILE, `cannot be read: ${(cause as Error).message}`, { cause })
+  }
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (cause) {
+    throw new ModelManifestError(DOMAIN_FILE, `is not valid JSON: ${(cause as Error).message}`, { cause })
+  }
+  const parsed = domainFileSchema.safeParse(raw)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    throw new ModelManifestError(`${DOMAIN_FILE} ${issue.path.join('.') || '(root)'}`, issue.message)
+  }
+  if (parsed.data.manifest_sha256 !== fingerprint) {
+    throw new ModelManifestError(
+      DOMAIN_FILE,
+      `declares the domain of another manifest (sha256 ${parsed.data.manifest_sha256.slice(0, 12)}…, this one is ${fingerprint.slice(0, 12)}…): ` +
+        `update its manifest_sha256 if the model's domain is unchanged, or put "domain" in manifest.json and delete ${DOMAIN_FILE}`,
+    )
+  }
+  return parsed.data.domain
 }
 
 function checkConsistency(m: ModelManifest, required: readonly string[]): void {

@@ -2,7 +2,8 @@
  * Prompts from the manifest's templates (`prompts.caption`, `prompts.vqa`): a template names special tokens
  * (`<bos>`, `<sep>`) and holds the `{question}` slot for VQA. `compilePrompt` resolves the names against the
  * tokenizer once (an unknown token is a `ModelManifestError` when the package loads); `planPrompts` turns the
- * rows of a batch into generation samples, and the rows that cannot be asked into error rows;
+ * rows of a batch into generation samples, and the rows that cannot be asked (no question, a question with
+ * words the vocabulary cannot represent, a prompt too long) into error rows;
  * `generatedTexts` turns the generated sequences back into one record per row. Pure functions.
  */
 import { ModelManifestError } from '../errors.js'
@@ -58,7 +59,10 @@ export interface PromptPlan {
   readonly planned: readonly PlannedRow[]
   /** One per prompt, in row order; `memoryRow` is the row's index in the batch. */
   readonly samples: readonly GenerationSample[]
-  /** Rows without a question (`missing-question`) or whose prompt leaves no room to generate (`stage-failed`). */
+  /**
+   * Rows without a question (`missing-question`), with a question the vocabulary cannot represent
+   * (`question-out-of-vocabulary`), or whose prompt leaves no room to generate (`stage-failed`).
+   */
   readonly refused: readonly ErrorRecord[]
 }
 
@@ -82,9 +86,15 @@ export function planPrompts(rows: readonly BatchRow[], options: PlanPromptsOptio
   rows.forEach((row, memoryRow) => {
     let prompts: (string | null)[] = [null]
     if (options.questions) {
-      prompts = questionsOf(options.questions(row))
-      if (prompts.length === 0) {
+      const questions = questionsOf(options.questions(row))
+      if (questions.length === 0) {
         refused.push(toErrorRecord(row, options.stage, 'missing-question', 'the row has no question'))
+        return
+      }
+      prompts = questions
+      const unknown = unknownWordsOf(questions, options.tokenizer)
+      if (unknown.length > 0) {
+        refused.push(toErrorRecord(row, options.stage, 'question-out-of-vocabulary', outOfVocabularyMessage(unknown, options.tokenizer)))
         return
       }
     }
@@ -100,6 +110,18 @@ export function planPrompts(rows: readonly BatchRow[], options: PlanPromptsOptio
   return { planned, samples, refused }
 }
 
+/** The words of `questions` the tokenizer cannot represent, in order, without repeats. */
+export function unknownWordsOf(questions: readonly string[], tokenizer: TextTokenizer): string[] {
+  return [...new Set(questions.flatMap((q) => tokenizer.unknownWords?.(q) ?? []))]
+}
+
+/** Why a question is refused: the words the vocabulary lacks (at most 8 named). */
+export function outOfVocabularyMessage(words: readonly string[], tokenizer: TextTokenizer): string {
+  const named = words.slice(0, 8).map((w) => JSON.stringify(w)).join(', ')
+  const more = words.length > 8 ? ` and ${words.length - 8} more` : ''
+  return `the question has words the model's vocabulary (${tokenizer.vocabSize} tokens) cannot represent: ${named}${more}`
+}
+
 /** One `GeneratedText` per planned row: a `Generation` per prompt, from `sequences` (in sample order). */
 export function generatedTexts(planned: readonly PlannedRow[], sequences: readonly GeneratedSequence[], tokenizer: TextTokenizer): GeneratedText[] {
   return planned.map(({ row, prompts, first }) => ({
@@ -109,8 +131,8 @@ export function generatedTexts(planned: readonly PlannedRow[], sequences: readon
     kept: row.kept,
     id: row.id,
     generations: prompts.map((prompt, i) => {
-      const { tokens, finish } = sequences[first + i]
-      return { prompt, text: tokenizer.decode(tokens), tokens, finish }
+      const { tokens, finish, logprobs } = sequences[first + i]
+      return { prompt, text: tokenizer.decode(tokens), tokens, finish, logprobs }
     }),
   }))
 }

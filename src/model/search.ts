@@ -7,6 +7,9 @@
  * Beam search keeps the `beams` best continuations by summed log-probability; a beam that ends yields a
  * hypothesis scored by `logprob / length ** lengthPenalty`; a sequence stops once it has `beams` hypotheses
  * (or hits its length limit, when its best running beams become hypotheses too) and returns the best.
+ *
+ * Every chosen token carries its log-probability (its log-softmax under the row's own logits), greedy or
+ * beam: a hypothesis's `logprobs` are those of its own tokens, so their sum is its unnormalised score.
  */
 import type { TensorData } from '../tensor/tensors.js'
 import type { GenerationSample } from './generate.js'
@@ -14,6 +17,11 @@ import type { GenerationSample } from './generate.js'
 /** A finished candidate of a sequence. */
 export interface Hypothesis {
   readonly tokens: number[]
+  /**
+   * The log-probability of each token chosen, the end token included when the model ended the text: the
+   * log-softmax of the decoder's logits at that step, from the beam's own row only (batch-invariant).
+   */
+  readonly logprobs: number[]
   readonly score: number
   readonly finish: 'eos' | 'length'
 }
@@ -32,6 +40,8 @@ export interface Sequence {
 export interface Beam {
   readonly sequence: Sequence
   readonly tokens: number[]
+  /** The log-probability of each of `tokens` (see `Hypothesis.logprobs`). */
+  readonly logprobs: number[]
   /** Summed log-probability (beam search; 0 for greedy). */
   readonly score: number
   /** Position id of its last token (the one the next step feeds). */
@@ -67,15 +77,25 @@ export function argmax(values: Float32Array, start: number, size: number): numbe
   return best
 }
 
-export function logSoftmax(values: Float32Array, start: number, size: number): Float64Array {
+/** log Σ exp of `values[start, start + size)`, computed stably (in float64). */
+function logSumExp(values: Float32Array, start: number, size: number): number {
   let max = -Infinity
   for (let i = 0; i < size; i++) max = Math.max(max, values[start + i])
   let sum = 0
   for (let i = 0; i < size; i++) sum += Math.exp(values[start + i] - max)
-  const lse = max + Math.log(sum)
+  return max + Math.log(sum)
+}
+
+export function logSoftmax(values: Float32Array, start: number, size: number): Float64Array {
+  const lse = logSumExp(values, start, size)
   const out = new Float64Array(size)
   for (let i = 0; i < size; i++) out[i] = values[start + i] - lse
   return out
+}
+
+/** The log-probability of `token` under the logits `values[start, start + size)`: its log-softmax. */
+export function tokenLogprob(values: Float32Array, start: number, size: number, token: number): number {
+  return values[start + token] - logSumExp(values, start, size)
 }
 
 /** The best hypothesis of a finished sequence (the first of equal scores). */
@@ -99,7 +119,10 @@ export function selectNext(rows: readonly Beam[], logits: TensorData, params: Se
     const sequence = rows[r].sequence
     let end = r
     while (end < rows.length && rows[end].sequence === sequence) end++
-    if (params.beams === 1) selectGreedy(rows[r], r, argmax(values, lastPosition(r), vocab), params, selection)
+    if (params.beams === 1) {
+      const token = argmax(values, lastPosition(r), vocab)
+      selectGreedy(rows[r], r, token, tokenLogprob(values, lastPosition(r), vocab, token), params, selection)
+    }
     else selectBeams(rows, r, end, (i) => logSoftmax(values, lastPosition(i), vocab), params, selection)
     r = end
   }
@@ -107,14 +130,15 @@ export function selectNext(rows: readonly Beam[], logits: TensorData, params: Se
 }
 
 /** Greedy: the row's argmax token ends the sequence (`eos`, or its length limit) or extends its one beam. */
-function selectGreedy(beam: Beam, row: number, token: number, params: SearchParams, selection: Selection): void {
+function selectGreedy(beam: Beam, row: number, token: number, logprob: number, params: SearchParams, selection: Selection): void {
   const { sequence } = beam
   const tokens = token === params.eos ? beam.tokens : [...beam.tokens, token]
+  const logprobs = [...beam.logprobs, logprob]
   if (token === params.eos || tokens.length >= sequence.limit) {
-    sequence.hypotheses.push({ tokens, score: 0, finish: token === params.eos ? 'eos' : 'length' })
+    sequence.hypotheses.push({ tokens, logprobs, score: 0, finish: token === params.eos ? 'eos' : 'length' })
     selection.finished.push(sequence)
   } else {
-    selection.next.push({ sequence, tokens, score: 0, position: beam.position + 1 })
+    selection.next.push({ sequence, tokens, logprobs, score: 0, position: beam.position + 1 })
     selection.parents.push(row)
   }
 }
@@ -123,20 +147,21 @@ function selectGreedy(beam: Beam, row: number, token: number, params: SearchPara
 function selectBeams(rows: readonly Beam[], start: number, end: number, logProbabilities: (row: number) => Float64Array, params: SearchParams, selection: Selection): void {
   const { beams, eos, lengthPenalty } = params
   const sequence = rows[start].sequence
-  const candidates: { row: number; token: number; score: number }[] = []
+  const candidates: { row: number; token: number; logprob: number; score: number }[] = []
   for (let i = start; i < end; i++) {
     const logp = logProbabilities(i)
     // the 2·beams best tokens of this row are enough: at most `beams` candidates can end
     const order = Array.from(logp.keys()).sort((a, b) => logp[b] - logp[a] || a - b).slice(0, 2 * beams)
-    for (const token of order) candidates.push({ row: i, token, score: rows[i].score + logp[token] })
+    for (const token of order) candidates.push({ row: i, token, logprob: logp[token], score: rows[i].score + logp[token] })
   }
   candidates.sort((a, b) => b.score - a.score || a.row - b.row || a.token - b.token)
-  const kept: { row: number; token: number; score: number }[] = []
+  const kept: typeof candidates = []
   for (const [rank, c] of candidates.entries()) {
     if (c.token === eos) {
       if (rank < beams) {
         const tokens = rows[c.row].tokens
-        sequence.hypotheses.push({ tokens, score: c.score / Math.max(1, tokens.length + 1) ** lengthPenalty, finish: 'eos' })
+        const logprobs = [...rows[c.row].logprobs, c.logprob]
+        sequence.hypotheses.push({ tokens, logprobs, score: c.score / Math.max(1, tokens.length + 1) ** lengthPenalty, finish: 'eos' })
       }
     } else kept.push(c)
     if (kept.length === beams) break
@@ -146,13 +171,20 @@ function selectBeams(rows: readonly Beam[], start: number, end: number, logProba
     if (sequence.hypotheses.length < beams) {
       for (const c of kept.slice(0, beams - sequence.hypotheses.length)) {
         const tokens = [...rows[c.row].tokens, c.token]
-        sequence.hypotheses.push({ tokens, score: c.score / tokens.length ** lengthPenalty, finish: 'length' })
+        const logprobs = [...rows[c.row].logprobs, c.logprob]
+        sequence.hypotheses.push({ tokens, logprobs, score: c.score / tokens.length ** lengthPenalty, finish: 'length' })
       }
     }
     selection.finished.push(sequence)
   } else {
     for (const c of kept) {
-      selection.next.push({ sequence, tokens: [...rows[c.row].tokens, c.token], score: c.score, position: rows[c.row].position + 1 })
+      selection.next.push({
+        sequence,
+        tokens: [...rows[c.row].tokens, c.token],
+        logprobs: [...rows[c.row].logprobs, c.logprob],
+        score: c.score,
+        position: rows[c.row].position + 1,
+      })
       selection.parents.push(c.row)
     }
   }

@@ -15,6 +15,12 @@ export interface TextTokenizer {
   decode(ids: readonly number[]): string
   /** The id of a token (special tokens included), if it exists. */
   tokenId(token: string): number | undefined
+  /**
+   * The words of `text` the vocabulary cannot represent (each would be encoded as the unknown token), in
+   * order, without repeats: empty for a tokenizer that can represent any text (byte-level BPE). A question
+   * with such words is refused (`question-out-of-vocabulary`) rather than answered from `<unk>`s.
+   */
+  unknownWords?(text: string): string[]
 }
 
 export interface WordTokenizerOptions {
@@ -64,11 +70,21 @@ export class WordTokenizer implements TextTokenizer {
   }
 
   encode(text: string): number[] {
+    return this.words(text).map((word) => this.idOf(word))
+  }
+
+  unknownWords(text: string): string[] {
+    return [...new Set(this.words(text).filter((word) => this.idOf(word) === this.unknownId))]
+  }
+
+  /** The words of `text`: split at whitespace, punctuation of `splitPunctuation` split off. */
+  private words(text: string): string[] {
     const spaced = this.split ? text.replace(this.split, ' $1 ') : text
-    return spaced
-      .split(/\s+/)
-      .filter(Boolean)
-      .map((word) => this.ids.get(word) ?? this.ids.get(word.toLowerCase()) ?? this.unknownId)
+    return spaced.split(/\s+/).filter(Boolean)
+  }
+
+  private idOf(word: string): number {
+    return this.ids.get(word) ?? this.ids.get(word.toLowerCase()) ?? this.unknownId
   }
 
   decode(ids: readonly number[]): string {
@@ -125,6 +141,14 @@ export class HfTokenizer implements TextTokenizer {
 
   decode(ids: readonly number[]): string {
     return this.tokenizer.decode([...ids], { skip_special_tokens: true })
+  }
+
+  /** Whitespace-separated words whose encoding holds the model's `unk_token` (none without one). */
+  unknownWords(text: string): string[] {
+    const unknown = this.unknownId
+    if (unknown === undefined) return []
+    const words = text.split(/\s+/).filter(Boolean)
+    return [...new Set(words.filter((word) => (this.tokenizer.encode(word, { add_special_tokens: false }).ids as (number | undefined)[]).some((id) => id === undefined || id === unknown)))]
   }
 
   tokenId(token: string): number | undefined {

@@ -15,16 +15,33 @@ import { readManifest, type ManifestFile, type ModelManifest } from './manifest.
 import { openModelPackage, type ModelPackage } from './package.js'
 import { InferencePool, type ExecutionProvider, type InferencePoolOptions } from './inference-pool.js'
 
-/** The folder of the model bundled with evflow (`fixtures/models/evlm-tiny`). */
-export function bundledModelDir(): string {
+/**
+ * A file shipped with evflow (`relative` to its package root: a clone, or `node_modules/evflow`), found by
+ * walking up from this module; `relative` to the working folder when no package holds it.
+ */
+function bundledPath(relative: string): string {
   let dir = dirname(fileURLToPath(import.meta.url))
   for (;;) {
-    const candidate = join(dir, 'fixtures', 'models', 'evlm-tiny')
+    const candidate = join(dir, relative)
     if (existsSync(join(dir, 'package.json')) && existsSync(candidate)) return candidate
     const parent = dirname(dir)
-    if (parent === dir) return resolve('fixtures/models/evlm-tiny')
+    if (parent === dir) return resolve(relative)
     dir = parent
   }
+}
+
+/** The folder of the model bundled with evflow (`fixtures/models/evlm-tiny`). */
+export function bundledModelDir(): string {
+  return bundledPath(join('fixtures', 'models', 'evlm-tiny'))
+}
+
+/**
+ * The sample shard shipped with evflow (`fixtures/sample/scenes.parquet`): 64 rows of the synthetic scenes
+ * the bundled model knows (`id`, `image`, `caption`, `question`, `answer`, `scene`), so that the examples
+ * run from an installed package.
+ */
+export function bundledSample(): string {
+  return bundledPath(join('fixtures', 'sample', 'scenes.parquet'))
 }
 
 /**

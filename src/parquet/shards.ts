@@ -8,7 +8,7 @@ import { PipelineConfigError, ShardReadError, describeError } from '../errors.js
 import type { ShardInfo } from '../records.js'
 import { nameShards, resolveInputs } from './inputs.js'
 import { ParquetReader, type ParquetReaderOptions, type ParquetSource, type ReadBudget } from './reader.js'
-import { chooseImageColumn, keptColumns } from './schema.js'
+import { chooseImageColumn, keptColumns, type ColumnSummary } from './schema.js'
 
 export interface ShardSelection {
   /** Only these row groups, `[start, end)` (to split a big shard). */
@@ -38,6 +38,8 @@ export type ShardPlan =
 export interface PlannedShard {
   readonly plan: ShardPlan
   readonly imageProblem?: string
+  /** The file's top-level columns (for the planning checks, `pipelines/check-plan.ts`); absent when unreadable. */
+  readonly columns?: readonly ColumnSummary[]
 }
 
 export function validateSelection(selection: ShardSelection): void {
@@ -131,9 +133,9 @@ export async function planShards(
         planned.push({ plan: { ok: false, info: failedInfo(path, names[index], index), error: result } })
         continue
       }
-      const { info, imageProblem } = describeShard(result, names[index], index, options, remaining)
+      const { info, imageProblem, columns } = describeShard(result, names[index], index, options, remaining)
       remaining -= info.rows
-      planned.push({ plan: { ok: true, info }, ...(imageProblem === undefined ? {} : { imageProblem }) })
+      planned.push({ plan: { ok: true, info }, columns, ...(imageProblem === undefined ? {} : { imageProblem }) })
     }
     return nameShards(planned)
   } finally {
@@ -151,7 +153,7 @@ function describeShard(
   index: number,
   options: ShardSelection & ShardColumns,
   remaining: number,
-): { info: ShardInfo; imageProblem?: string } {
+): { info: ShardInfo; imageProblem?: string; columns: readonly ColumnSummary[] } {
   const groups = rowGroupRanges(file)
   const total = groups.length === 0 ? 0 : groups[groups.length - 1].end
   let rowStart = 0
@@ -195,7 +197,7 @@ function describeShard(
     ...(idColumn === undefined ? {} : { idColumn }),
     kept: keptColumns(file.fields, keepNames),
   }
-  return imageProblem === undefined ? { info } : { info, imageProblem }
+  return imageProblem === undefined ? { info, columns } : { info, imageProblem, columns }
 }
 
 /** One slice of rows to read: the part of a row group inside the shard's selection. */

@@ -118,9 +118,9 @@ describe('generate (greedy, fake decoder)', () => {
 
   it('stops at maxNewTokens with finish "length", and within the decoder\'s positions', async () => {
     const { sequences } = await generate(memory(5), [{ memoryRow: 4, prompt: [1] }], ...options({ maxNewTokens: 2 }), fakeDecoder(countingScript))
-    expect(sequences[0]).toEqual({ tokens: [7, 8], finish: 'length' })
+    expect(sequences[0]).toEqual({ tokens: [7, 8], finish: 'length', logprobs: [expect.any(Number), expect.any(Number)] })
     const tight = await generate(memory(5), [{ memoryRow: 4, prompt: [1, 11, 11] }], ...options({ maxPositions: 5 }), fakeDecoder(countingScript))
-    expect(tight.sequences[0]).toEqual({ tokens: expectedCount(4, 2).slice(0, 2), finish: 'length' })
+    expect(tight.sequences[0]).toEqual({ tokens: expectedCount(4, 2).slice(0, 2), finish: 'length', logprobs: [expect.any(Number), expect.any(Number)] })
     await expect(generate(memory(1), [{ memoryRow: 0, prompt: [1, 1, 1] }], ...options({ maxPositions: 3 }), fakeDecoder(countingScript))).rejects.toThrow(/no room/)
   })
 
@@ -150,7 +150,13 @@ describe('generate (beam search, fake decoder)', () => {
     const greedy = await generate(memory(1), [{ memoryRow: 0, prompt: [1] }], ...options({ maxNewTokens: 6 }), fakeDecoder(script))
     expect(greedy.sequences[0].tokens.slice(0, 2)).toEqual([3, 6])
     const beam = await generate(memory(1), [{ memoryRow: 0, prompt: [1] }], ...options({ beams: 3, maxNewTokens: 6 }), fakeDecoder(script))
-    expect(beam.sequences[0]).toEqual({ tokens: [4, 5], finish: 'eos' })
+    // each token's log-probability: the log-softmax of its step's logits (the script's, given the prefix), the end token's included
+    const logSoftmax = (prefix: number[], token: number) => {
+      const row = Array.from(script(0, [1, ...prefix]))
+      return row[token] - Math.log(row.reduce((n, v) => n + Math.exp(v), 0))
+    }
+    expect(beam.sequences[0]).toEqual({ tokens: [4, 5], finish: 'eos', logprobs: [4, 5, EOS].map((t, i) => expect.closeTo(logSoftmax([4, 5].slice(0, i), t), 12)) })
+    expect(greedy.sequences[0].logprobs.slice(0, 2)).toEqual([expect.closeTo(logSoftmax([], 3), 12), expect.closeTo(logSoftmax([3], 6), 12)])
   })
 
   it('gives each sample the same beam result alone or in a continuous batch with others', async () => {

@@ -116,3 +116,36 @@ describe('loadModelPackage', () => {
     await expect(loadModelPackage(dir)).rejects.toThrow(/not valid JSON/)
   })
 })
+
+describe('the declared domain (manifest `domain`, or domain.json bound to the manifest)', () => {
+  const domain = { synthetic: true, trained_on: 'generated shapes', vocabulary: 'a closed list of 65 words' }
+
+  it('the bundled evlm-tiny declares a synthetic domain in its domain.json, bound to its exact manifest', () => {
+    const bundled = readManifest(join(ROOT, 'fixtures', 'models', 'evlm-tiny'))
+    expect(bundled.domainSource).toBe('domain.json')
+    expect(bundled.domain).toMatchObject({ synthetic: true })
+    const sidecar = JSON.parse(readFileSync(join(ROOT, 'fixtures', 'models', 'evlm-tiny', 'domain.json'), 'utf8')) as { manifest_sha256: string }
+    expect(sidecar.manifest_sha256).toBe(bundled.fingerprint)
+  })
+
+  it('reads the manifest\'s own domain first; without one, domain.json; without either, none', () => {
+    writePackage()
+    expect(readManifest(dir)).toMatchObject({ domain: null, domainSource: null })
+    writeFileSync(join(dir, 'domain.json'), JSON.stringify({ manifest_sha256: sha(join(dir, 'manifest.json')), domain }))
+    expect(readManifest(dir)).toMatchObject({ domain, domainSource: 'domain.json' })
+    writePackage((m) => (m.domain = { synthetic: false, trained_on: 'photos' }))
+    expect(readManifest(dir)).toMatchObject({ domain: { synthetic: false, trained_on: 'photos' }, domainSource: 'manifest.json' })
+  })
+
+  it('refuses a domain.json written for another manifest (a retrained model) or malformed, naming the file', () => {
+    writePackage()
+    writeFileSync(join(dir, 'domain.json'), JSON.stringify({ manifest_sha256: '0'.repeat(64), domain }))
+    expect(() => readManifest(dir)).toThrow(/manifest domain\.json: declares the domain of another manifest .*update its manifest_sha256/)
+    writeFileSync(join(dir, 'domain.json'), JSON.stringify({ manifest_sha256: sha(join(dir, 'manifest.json')), domain: { synthetic: 'yes' } }))
+    expect(() => readManifest(dir)).toThrow(ModelManifestError)
+    writeFileSync(join(dir, 'domain.json'), '{')
+    expect(() => readManifest(dir)).toThrow(/domain\.json: is not valid JSON/)
+    writePackage((m) => (m.domain = { synthetic: 'no' }))
+    expect(() => readManifest(dir)).toThrow(/manifest domain\.synthetic: /)
+  })
+})

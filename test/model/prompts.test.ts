@@ -69,8 +69,22 @@ describe('planPrompts', () => {
 
   it('refuses a row whose longest prompt leaves no position to generate', () => {
     const rows = batchRows([1, 1])
-    const plan = planPrompts(rows, { template: vqa, tokenizer, questions: (row) => (row.key.row === 0 ? 'a b c' : 'a'), maxPositions: 5, stage: 'decodeText' })
+    const plan = planPrompts(rows, { template: vqa, tokenizer, questions: (row) => (row.key.row === 0 ? 'a a a' : 'a'), maxPositions: 5, stage: 'decodeText' })
     expect(plan.samples).toEqual([{ memoryRow: 1, prompt: [id('<bos>'), id('a'), id('<sep>')] }])
     expect(plan.refused.map((r) => [r.id, r.code, r.message])).toEqual([['row-0', 'stage-failed', "a prompt of 5 tokens leaves no room in the decoder's 5 positions"]])
+  })
+
+  it('refuses a row whose question has words outside a word-level vocabulary (question-out-of-vocabulary), naming them', () => {
+    const rows = batchRows([1, 1, 1])
+    const asked = ['what is in the image?', 'is there a red star?', ['how many circles?', 'WHAT about Zebras?']]
+    const plan = planPrompts(rows, { template: vqa, tokenizer, questions: (row) => asked[row.key.row], maxPositions: 24, stage: 'decodeText' })
+    expect(plan.planned.map((p) => p.row.id)).toEqual(['row-1'])
+    expect(plan.refused.map((r) => [r.id, r.code, r.message])).toEqual([
+      ['row-0', 'question-out-of-vocabulary', 'the question has words the model\'s vocabulary (65 tokens) cannot represent: "image"'],
+      ['row-2', 'question-out-of-vocabulary', 'the question has words the model\'s vocabulary (65 tokens) cannot represent: "about", "Zebras"'],
+    ])
+    // words are matched as the tokenizer encodes them: case folded, '?' split off
+    expect(tokenizer.unknownWords('WHAT color IS the star?')).toEqual([])
+    expect(tokenizer.unknownWords('<unk> star star? <bos>')).toEqual(['<unk>'])
   })
 })

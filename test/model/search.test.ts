@@ -5,12 +5,13 @@
 import { describe, expect, it } from 'vitest'
 
 import { KvCache } from '../../src/model/kv-cache.js'
-import { argmax, bestHypothesis, selectNext, type Beam, type Sequence } from '../../src/model/search.js'
+import { textConfidence } from '../../src/model/generate.js'
+import { argmax, bestHypothesis, logSoftmax, selectNext, tokenLogprob, type Beam, type Sequence } from '../../src/model/search.js'
 import { float32 } from '../../src/tensor/tensors.js'
 
 const EOS = 2
 const sequence = (index: number, limit = 10): Sequence => ({ index, sample: { memoryRow: index, prompt: [1] }, limit, hypotheses: [] })
-const beam = (s: Sequence, tokens: number[] = [], score = 0): Beam => ({ sequence: s, tokens, score, position: tokens.length })
+const beam = (s: Sequence, tokens: number[] = [], score = 0, logprobs: number[] = tokens.map(() => 0)): Beam => ({ sequence: s, tokens, logprobs, score, position: tokens.length })
 /** Logits `[rows, 1, V]` from one row of values each. */
 const logits = (...rows: number[][]) => float32([rows.length, 1, rows[0].length], rows.flat())
 
@@ -27,7 +28,29 @@ describe('selectNext (greedy)', () => {
     const [a, b] = [sequence(0), sequence(1, 2)]
     const { next, finished } = selectNext([beam(a, [4]), beam(b, [4])], logits([0, 0, 9, 0, 0], [0, 0, 0, 9, 0]), { beams: 1, lengthPenalty: 1, eos: EOS })
     expect(next).toEqual([])
-    expect(finished.map((s) => bestHypothesis(s))).toEqual([{ tokens: [4], score: 0, finish: 'eos' }, { tokens: [4, 3], score: 0, finish: 'length' }])
+    const lp = (row: number[], token: number) => row[token] - Math.log(row.reduce((n, v) => n + Math.exp(v), 0))
+    expect(finished.map((s) => bestHypothesis(s))).toEqual([
+      { tokens: [4], logprobs: [0, expect.closeTo(lp([0, 0, 9, 0, 0], 2), 12)], score: 0, finish: 'eos' },
+      { tokens: [4, 3], logprobs: [0, expect.closeTo(lp([0, 0, 0, 9, 0], 3), 12)], score: 0, finish: 'length' },
+    ])
+  })
+
+  it('records the log-probability of each chosen token (the end token included), from its own row only', () => {
+    const s = sequence(0, 3)
+    const row = [0.5, -1, 2, 3, 1]
+    const alone = selectNext([beam(s, [], 0, [])], logits(row), { beams: 1, lengthPenalty: 1, eos: EOS })
+    const expected = Math.log(Math.exp(3) / row.reduce((n, v) => n + Math.exp(v), 0))
+    expect(alone.next[0].logprobs).toEqual([expect.closeTo(expected, 12)])
+    // the same row beside another sequence's row gives the same bits
+    const t = sequence(1, 3)
+    const beside = selectNext([beam(t, [], 0, []), beam(sequence(0, 3), [], 0, [])], logits([9, 9, 9, 9, -9], row), { beams: 1, lengthPenalty: 1, eos: EOS })
+    expect(beside.next[1].logprobs).toEqual(alone.next[0].logprobs)
+    expect(tokenLogprob(Float32Array.from(row), 0, 5, 3)).toBe(logSoftmax(Float32Array.from(row), 0, 5)[3])
+  })
+
+  it('textConfidence: mean and minimum of the token log-probabilities', () => {
+    expect(textConfidence([-0.5, -1.5, -0.1])).toEqual({ mean: expect.closeTo(-0.7, 12), min: -1.5 })
+    expect(textConfidence([])).toBeNull()
   })
 })
 
@@ -44,6 +67,10 @@ describe('selectNext (beam search)', () => {
     expect(out.parents).toEqual([1, 0])
     expect(s.hypotheses.map((h) => [h.tokens, h.finish])).toEqual([[[3], 'eos']])
     expect(s.hypotheses[0].score).toBeCloseTo(Math.log(0.3) / 2, 6)
+    // its tokens' log-probabilities: the parent beam's (0 in this test), then the end token's own (ln .5)
+    expect(s.hypotheses[0].logprobs).toEqual([0, expect.closeTo(Math.log(0.5), 5)])
+    // (the rows' logits are normalised: beam 1's token 4 has probability ~1 under its row's log-softmax)
+    expect(out.next.map((b) => b.logprobs)).toEqual([[0, expect.closeTo(0, 5)], [0, expect.closeTo(Math.log(0.5), 5)]])
     expect(out.finished).toEqual([])
   })
 })

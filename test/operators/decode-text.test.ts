@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import * as ort from 'onnxruntime-node'
 import { from, of } from 'rxjs'
 import { beforeAll, describe, expect, it } from 'vitest'
 
@@ -52,7 +53,9 @@ describe.skipIf(!HAVE_MODEL)('decodeText', () => {
     const out = (await collect(of(memory[0]).pipe(decodeText({ model, metrics, generation: { maxNewTokens: greedy!.max_new_tokens } })))) as GeneratedText[]
     const want = expected('caption')
     expect(ids(out)).toEqual(want.map((s) => s.id))
-    expect(out.map((r) => r.generations)).toEqual(want.map((s) => [{ prompt: null, text: s.expected_text, tokens: withoutEos(s.expected_ids), finish: 'eos' }]))
+    expect(out.map((r) => r.generations)).toEqual(
+      want.map((s) => [{ prompt: null, text: s.expected_text, tokens: withoutEos(s.expected_ids), finish: 'eos', logprobs: s.expected_ids.map(() => expect.any(Number)) }]),
+    )
     const extra = metrics.snapshot().find((s) => s.stage === 'decodeText')!.extra
     // every generated token counts, the end tokens included
     expect(extra.tokens).toBe(want.reduce((n, s) => n + s.expected_ids.length, 0))
@@ -63,7 +66,64 @@ describe.skipIf(!HAVE_MODEL)('decodeText', () => {
     const want = expected('vqa')
     const question = new Map(want.map((s) => [s.id, s.question!]))
     const out = (await collect(of(memory[0]).pipe(decodeText({ model, questions: (row) => question.get(String(row.id)), generation: { maxNewTokens: greedy!.max_new_tokens } })))) as GeneratedText[]
-    expect(out.map((r) => r.generations)).toEqual(want.map((s) => [{ prompt: s.question, text: s.expected_text, tokens: withoutEos(s.expected_ids), finish: 'eos' }]))
+    expect(out.map((r) => r.generations)).toEqual(
+      want.map((s) => [{ prompt: s.question, text: s.expected_text, tokens: withoutEos(s.expected_ids), finish: 'eos', logprobs: s.expected_ids.map(() => expect.any(Number)) }]),
+    )
+  })
+
+  it('gives each chosen token its log-probability: the decoder\'s log-softmax when the whole text is fed at once (one prefill, no cache: an independent path)', async () => {
+    const model = models.open()
+    const out = (await collect(of(memory[0]).pipe(decodeText({ model, generation: { maxNewTokens: 6 } })))) as GeneratedText[]
+    const session = await ort.InferenceSession.create(join(MODEL_DIR, 'decoder.onnx'), { intraOpNumThreads: 1 })
+    const { n_layer, n_head, head_dim } = manifest!.dims
+    const { bos } = manifest!.special_tokens
+    const rowOf = (t: { dims: readonly number[]; data: unknown }, b: number) => {
+      const per = t.dims.slice(1).reduce((a, d) => a * d, 1)
+      return new ort.Tensor('float32', (t.data as Float32Array).slice(b * per, (b + 1) * per), [1, ...t.dims.slice(1)])
+    }
+    const i64 = (values: number[]) => new ort.Tensor('int64', BigInt64Array.from(values.map(BigInt)), [1, values.length])
+    const empty = new ort.Tensor('float32', new Float32Array(0), [n_layer, 1, n_head, 0, head_dim])
+    let compared = 0
+    for (const [b, row] of out.entries()) {
+      const g = row.generations[0]
+      const chosen = g.finish === 'eos' ? [...g.tokens, eos!] : [...g.tokens]
+      expect(g.logprobs).toHaveLength(chosen.length)
+      const input = [bos, ...chosen.slice(0, -1)]
+      const result = await session.run({
+        input_ids: i64(input),
+        position_ids: i64(input.map((_, i) => i)),
+        attention_mask: i64(input.map(() => 1)),
+        past_k: empty,
+        past_v: empty,
+        xattn_k: rowOf(memory[0].xattn_k, b),
+        xattn_v: rowOf(memory[0].xattn_v, b),
+        xattn_mask: rowOf(memory[0].xattn_mask, b),
+      })
+      const logits = result.logits.data as Float32Array
+      const V = result.logits.dims[2]
+      chosen.forEach((token, i) => {
+        const position = Array.from(logits.subarray(i * V, (i + 1) * V))
+        const max = Math.max(...position)
+        const expectedLogprob = position[token] - max - Math.log(position.reduce((n, v) => n + Math.exp(v - max), 0))
+        expect(Math.abs(g.logprobs[i] - expectedLogprob)).toBeLessThan(1e-4)
+        compared++
+      })
+    }
+    expect(compared).toBeGreaterThan(out.length)
+    await session.release()
+  })
+
+  it('refuses a question with words the vocabulary cannot represent (question-out-of-vocabulary), naming them; the others are answered', async () => {
+    const model = models.open()
+    const asked = new Map<unknown, string | string[]>([[images[0].id, 'what is in the image?'], [images[1].id, 'what color is the cross?'], [images[2].id, ['how many circles are there?', 'is there a zebra or a cat?']]])
+    const out = await collect(of(memory[0]).pipe(decodeText({ model, questions: (row) => asked.get(row.id) })))
+    expect(out.map((r) => [r.kind, (r as ErrorRecord).code ?? null, (r as { id: unknown }).id])).toEqual([
+      ['error', 'question-out-of-vocabulary', images[0].id],
+      ['error', 'question-out-of-vocabulary', images[2].id],
+      ['generated-text', null, images[1].id],
+    ])
+    expect((out[0] as ErrorRecord).message).toBe('the question has words the model\'s vocabulary (65 tokens) cannot represent: "image"')
+    expect((out[1] as ErrorRecord).message).toBe('the question has words the model\'s vocabulary (65 tokens) cannot represent: "zebra", "or", "cat"')
   })
 
   it('asks several questions of one row from its one memory: one generation each, in order, as if asked alone', async () => {

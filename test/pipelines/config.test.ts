@@ -6,6 +6,10 @@
  * gives slightly different pixels than sharp), and 0.1.0 left the model's fingerprint out (its key `identity.model` was
  * dropped as if it were the engine setting `model`): now another model gives another hash. A change here
  * changes the bytes of every output file and makes every committed shard look stale.
+ *
+ * The text pipelines (caption, video-caption, vqa) also name their result columns in the identity since
+ * they write `finish_reason` and the log-probabilities: outputs written without those columns are redone
+ * once, rather than left beside new ones with another schema.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -19,24 +23,26 @@ import { runConfig } from '../../pipelines/run.js'
 const MODEL = '16cecd436567133b79a043b8d1208a819031948f517a19483b6ad6e39cc70623'
 const READ = '"read":{"imageColumn":null,"idColumn":null,"keep":[]}'
 const IDENTITY = `"identity":{"model":"${MODEL}"}`
+const TEXT = (...columns: string[]) => `"identity":{"model":"${MODEL}","columns":${JSON.stringify(columns)}}`
+const CAPTION = TEXT('caption', 'finish_reason', 'mean_logprob', 'min_logprob')
 
 const cases: { pipeline: string; settings: Record<string, unknown>; keep?: string[]; hash: string; output: string }[] = [
   { pipeline: 'scan', settings: {}, hash: 'd33c69ded5d09027', output: `{"pipeline":"scan","scan":{"size":64,"maxPixels":64000000,"maxBytes":67108864},${READ}}` },
   { pipeline: 'scan', settings: { size: 32, maxPixels: 1000, concurrency: 3 }, hash: '630c249be4e8b6e9', output: `{"pipeline":"scan","scan":{"size":32,"maxPixels":1000,"maxBytes":67108864},${READ}}` },
-  { pipeline: 'caption', settings: {}, hash: 'a19bfb26c801cdde', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
+  { pipeline: 'caption', settings: {}, hash: 'c2158bb37fe7ca92', output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":32,"beams":1},${READ},${CAPTION}}` },
   {
     pipeline: 'caption',
     settings: { maxNewTokens: 5, beams: 3, slots: 2, continuous: false, batchSize: 4, inferenceThreads: 1, intraOpThreads: 2 },
-    hash: '83709b9731e93f57',
-    output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":5,"beams":3},${READ},${IDENTITY}}`,
+    hash: 'ebc3c68639719856',
+    output: `{"pipeline":"caption","caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":5,"beams":3},${READ},${CAPTION}}`,
   },
-  { pipeline: 'video-caption', settings: {}, hash: 'df24f0a942bcb670', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":32,"beams":1},${READ},${IDENTITY}}` },
-  { pipeline: 'vqa', settings: {}, hash: '88c31cc7ab53aea7', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${IDENTITY}}` },
+  { pipeline: 'video-caption', settings: {}, hash: 'fe849a85462ef065', output: `{"pipeline":"video-caption","video-caption":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":32,"beams":1},${READ},${CAPTION}}` },
+  { pipeline: 'vqa', settings: {}, hash: '9406f024bbc49a16', output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":8,"beams":1,"questionColumn":"question","questions":[]},${READ},${TEXT('answer', 'finish_reason', 'mean_logprob', 'min_logprob')}}` },
   {
     pipeline: 'vqa',
     settings: { questions: ['what?', 'why?'], maxNewTokens: 4 },
-    hash: 'c3aa393651e4f25f',
-    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${IDENTITY}}`,
+    hash: 'fe94c74356887f52',
+    output: `{"pipeline":"vqa","vqa":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","maxNewTokens":4,"beams":1,"questionColumn":"question","questions":["what?","why?"]},${READ},${TEXT('questions', 'answers', 'finish_reasons', 'mean_logprobs', 'min_logprobs')}}`,
   },
   { pipeline: 'embed', settings: {}, hash: '162798d8a1fb1364', output: `{"pipeline":"embed","embed":{"maxPixels":64000000,"maxBytes":67108864,"decoder":"auto","normalize":true},${READ},${IDENTITY}}` },
   {

@@ -5,7 +5,7 @@
 import { z } from 'zod'
 import { describe, expect, it } from 'vitest'
 
-import { flagHelp, pipelineConfig } from '../../pipelines/definition.js'
+import { bytes, flagHelp, int, pipelineConfig } from '../../pipelines/definition.js'
 import { pipelines } from '../../pipelines/index.js'
 
 const help = (pipeline: string, key: string) => {
@@ -40,9 +40,28 @@ describe('flagHelp', () => {
   })
 
   it('formats byte sizes, names machine-dependent defaults in words, and shows none for switches and empty lists', () => {
-    expect(help('caption', 'maxBytes')).toBe('reject images larger than this (default 64 MiB)')
+    expect(help('caption', 'maxBytes')).toBe('reject images larger than this (bytes, or with a unit: 64MiB, 512KiB) (default 64 MiB = 67108864 bytes)')
+    expect(help('scan', 'maxBytes')).toBe(help('caption', 'maxBytes'))
     expect(help('caption', 'inferenceThreads')).toBe('inference threads, each with its own ONNX Runtime sessions (default: the number of cores)')
     expect(help('caption', 'strictProvider')).toBe('fail instead of falling back to cpu when the provider cannot start')
     expect(help('vqa', 'questions')).toBe('ask this of every image (repeat for several; overrides the column)')
+  })
+})
+
+describe('flag parsers', () => {
+  it('int takes whole numbers only: 2.5, 2x, an empty text throw (the CLI turns that into a usage error, exit 2)', () => {
+    expect(int('32')).toBe(32)
+    expect(int(' -3 ')).toBe(-3)
+    for (const text of ['2.5', '2x', '', '1e3', 'NaN', '99999999999999999999']) expect(() => int(text)).toThrow(RangeError)
+    expect(() => int('2.5')).toThrow('expected an integer, got "2.5"')
+  })
+
+  it('bytes takes a byte count, or one with a binary unit', () => {
+    expect(bytes('67108864')).toBe(67108864)
+    expect(bytes('64MiB')).toBe(67108864)
+    expect(bytes('64m')).toBe(67108864)
+    expect(bytes('512 KiB')).toBe(524288)
+    expect(bytes('1GiB')).toBe(2 ** 30)
+    for (const text of ['64.5', '64MB?', 'lots', '', '-1']) expect(() => bytes(text)).toThrow(RangeError)
   })
 })

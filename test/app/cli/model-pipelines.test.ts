@@ -13,7 +13,8 @@ import { runCli } from '../../helpers/cli.js'
 import { duckQuery } from '../../helpers/duckdb.js'
 import { tempDir } from '../../helpers/util.js'
 
-const MODEL = process.env.EVFLOW_PARITY_MODEL ?? fileURLToPath(new URL('../../../fixtures/models/evlm-tiny', import.meta.url))
+const DEFAULT_MODEL = fileURLToPath(new URL('../../../fixtures/models/evlm-tiny', import.meta.url))
+const MODEL = process.env.EVFLOW_PARITY_MODEL ?? DEFAULT_MODEL
 const HAVE = existsSync(join(MODEL, 'manifest.json'))
 if (!HAVE) console.warn(`NOTICE: test/cli/model-pipelines: no model package at ${MODEL}: SKIPPING the model CLI tests`)
 
@@ -38,13 +39,41 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     // same rows, same order, same error reasons as scan (which decodes the same way)
     expect(rows.map((r) => [r.status, r.error_code])).toEqual(scanned.map((r) => [r.status, r.error_code]))
     for (const r of rows) expect(typeof r.caption === 'string' || r.status === 'error').toBe(true)
-    const summary = JSON.parse(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8'))
+    const summaryText = readFileSync(join(out, '_evflow', 'summary.json'), 'utf8')
+    const summary = JSON.parse(summaryText)
     const stages = summary.stages.map((s: { stage: string }) => s.stage)
     expect(stages).toEqual(expect.arrayContaining(['extractVitFeatures', 'resampleTokens', 'routeToExperts', 'crossAttend', 'decodeText']))
     expect(summary.config.identity.model).toBe(createHash('sha256').update(readFileSync(join(MODEL, 'manifest.json'))).digest('hex'))
 
+    // how each caption ended and how sure the model was; error rows have none of it
+    const confidence = await duckQuery(`SELECT status, finish_reason, mean_logprob, min_logprob FROM read_parquet('${out}/*.parquet')`)
+    for (const r of confidence) {
+      if (r.status === 'error') expect([r.finish_reason, r.mean_logprob, r.min_logprob]).toEqual([null, null, null])
+      else {
+        expect(['stop', 'length']).toContain(r.finish_reason)
+        expect(r.mean_logprob as number).toBeLessThanOrEqual(0)
+        expect(r.min_logprob as number).toBeLessThanOrEqual(r.mean_logprob as number)
+      }
+    }
+    // --max-new-tokens 6 cuts the long captions of the scenes: some rows end by length
+    expect(new Set(confidence.map((r) => r.finish_reason))).toEqual(new Set(['stop', 'length', null]))
+
+    // the bundled model says once, on the console and in the summary, that it knows only synthetic scenes
+    if (MODEL === DEFAULT_MODEL) {
+      expect(result.stderr.match(/trained only on synthetic data/g)).toHaveLength(1)
+      expect(summary.notices).toEqual([expect.stringMatching(/^the model evlm-tiny was trained only on synthetic data \(synthetic scenes: .*\); on other images its outputs are not meaningful/)])
+      // and evflow report shows the declared domain (from domain.json, as the run read it)
+      const report = runCli(['report', out, '-o', join(dir, 'caption-report.html'), '--sample', '4'])
+      expect(report.code, report.stderr).toBe(0)
+      expect(readFileSync(join(dir, 'caption-report.html'), 'utf8')).toContain('declared domain: <b>synthetic data: synthetic scenes: 1 to 3 coloured shapes')
+    }
+
     const again = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '6', '--batch-size', '5', '--inference-threads', '1'])
     expect(again.stdout).toMatch(/0 committed, 3 skipped/) // speed flags do not change the config hash
+    // a rerun that skips everything keeps the summary of the run that did the work, and writes its own beside it
+    expect(readFileSync(join(out, '_evflow', 'summary.json'), 'utf8')).toBe(summaryText)
+    expect(again.stdout).toContain(`(summary: ${out}/_evflow/summary.skipped.json)`)
+    expect(JSON.parse(readFileSync(join(out, '_evflow', 'summary.skipped.json'), 'utf8'))).toMatchObject({ shards: { total: 3, skipped: 3, committed: 0 }, rows: { in: 0 } })
     const changed = runCli(['caption', 'fixtures/shards', '-o', out, ...model, '--max-new-tokens', '7'])
     expect(changed.stdout).toMatch(/3 committed, 0 skipped/) // content flags do
   })
@@ -68,6 +97,29 @@ describe.skipIf(!HAVE)('evflow caption / vqa / embed', () => {
     for (const r of answered) {
       expect(JSON.parse(String(r.questions))).toEqual(['what color is the star?', 'how many circles are there?'])
       expect(JSON.parse(String(r.answers))).toHaveLength(2)
+    }
+    const lists = await duckQuery(`SELECT finish_reasons::VARCHAR AS f, mean_logprobs::VARCHAR AS m, min_logprobs::VARCHAR AS n FROM read_parquet('${fixed}/*.parquet')`)
+    for (const r of lists) {
+      expect(JSON.parse(String(r.f))).toEqual(['stop', 'stop'])
+      const [m, n] = [JSON.parse(String(r.m)) as number[], JSON.parse(String(r.n)) as number[]]
+      expect(m).toHaveLength(2)
+      m.forEach((mean, i) => expect(n[i]).toBeLessThanOrEqual(mean))
+    }
+  })
+
+  it('turns questions with words outside the vocabulary into question-out-of-vocabulary error rows; writes how each answer ended', async () => {
+    const src = join(dir, 'oov')
+    mkdirSync(src, { recursive: true })
+    const out = join(dir, 'oov-out')
+    await duckQuery(`COPY (SELECT id, image, CASE WHEN id LIKE '%2' THEN 'what is in the image?' ELSE question END AS question FROM read_parquet('fixtures/scenes/test.parquet') LIMIT 12) TO '${src}/part.parquet' (FORMAT parquet)`)
+    const result = runCli(['vqa', src, '-o', out, ...model])
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/\(question-out-of-vocabulary 1\)/)
+    const rows = await duckQuery(`SELECT id, status, error_code, error, answer, finish_reason FROM read_parquet('${out}/*.parquet')`)
+    expect(rows).toHaveLength(12)
+    for (const r of rows) {
+      if (String(r.id).endsWith('2')) expect([r.error_code, r.error, r.answer, r.finish_reason]).toEqual(['question-out-of-vocabulary', 'the question has words the model\'s vocabulary (65 tokens) cannot represent: "image"', null, null])
+      else expect([r.status, r.finish_reason]).toEqual(['ok', 'stop'])
     }
   })
 

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
@@ -12,7 +11,7 @@ beforeAll(() => ({ dir, cleanup } = tempDir('evflow-eval-cli-')))
 afterAll(() => cleanup())
 
 describe('evflow eval', () => {
-  it('prints a table of rows, caption metrics and errors by attribute; --json writes the report', async () => {
+  it('prints a table of rows, caption metrics and errors by attribute; --json prints the report as JSON', async () => {
     const refs = await fixtureRows('test.parquet', 8)
     writeReference(join(dir, 'ref', 'test.parquet'), refs)
     writeOutput(
@@ -24,8 +23,7 @@ describe('evflow eval', () => {
       ),
       ['caption'],
     )
-    const json = join(dir, 'report.json')
-    const result = runCli(['eval', join(dir, 'out'), '--reference', join(dir, 'ref'), '--json', json])
+    const result = runCli(['eval', join(dir, 'out'), '--reference', join(dir, 'ref')])
     expect(result.stderr).toBe('')
     expect(result.code).toBe(0)
     expect(result.stdout).toMatch(/joined by 'id'/)
@@ -36,11 +34,13 @@ describe('evflow eval', () => {
     expect(result.stdout).toMatch(/^ {4}colour +1 +1 +14\.3%$/m)
     expect(result.stdout).toMatch(/^ {4}position +0 +0 +0\.0%$/m)
     expect(result.stdout).not.toMatch(/motion|vqa:/)
-    const report = JSON.parse(readFileSync(json, 'utf8'))
-    expect(report).toMatchObject({ join: 'id', rows: { evaluated: 8, error: 1 }, caption: { exactMatches: 6, breakdown: { attributes: { color: { errors: 1 } } } }, vqa: null })
+    const json = runCli(['eval', join(dir, 'out'), '--reference', join(dir, 'ref'), '--json'])
+    expect(json.code).toBe(0)
+    const report = JSON.parse(json.stdout)
+    expect(report).toMatchObject({ join: 'id', rows: { evaluated: 8, error: 1 }, caption: { exactMatches: 6, breakdown: { attributes: { color: { errors: 1 } } }, byFinishReason: null }, vqa: null })
   })
 
-  it('prints VQA accuracy per question type; --json - prints JSON only', async () => {
+  it('prints VQA accuracy per question type; --json prints JSON only', async () => {
     const refs = await fixtureRows('vqa.parquet', 6)
     writeReference(join(dir, 'vqa-ref', 'vqa.parquet'), refs)
     writeOutput(join(dir, 'vqa-out', 'vqa.parquet'), refs.map((r, i) => ({ id: r.id, status: 'ok', question: r.question, answer: i === 0 ? 'purple' : r.answer })), ['question', 'answer'])
@@ -49,7 +49,7 @@ describe('evflow eval', () => {
     expect(result.stdout).toMatch(/^vqa: 6 questions \(6 ok, 0 error\)$/m)
     expect(result.stdout).toMatch(/^ {2}accuracy +83\.33% +5\/6$/m)
     expect(result.stdout).toMatch(/^ {4}type +questions +correct +accuracy$/m)
-    const json = runCli(['eval', join(dir, 'vqa-out'), '--reference', join(dir, 'vqa-ref'), '--json', '-'])
+    const json = runCli(['eval', join(dir, 'vqa-out'), '--reference', join(dir, 'vqa-ref'), '--json'])
     expect(JSON.parse(json.stdout)).toMatchObject({ vqa: { rows: 6, correct: 5 }, caption: null })
   })
 
@@ -79,7 +79,7 @@ describe('evflow eval', () => {
     expect(help.code).toBe(0)
     expect(help.stdout).toMatch(/--reference <inputs\.\.\.>/)
     expect(help.stdout).toMatch(/CIDEr-D/)
-    expect(help.stdout).toMatch(/Exit codes: 0 scored, 2 bad usage/)
+    expect(help.stdout).toMatch(/Exit codes: 0 ok \(scored\), 2 bad usage/)
     expect(runCli(['--help']).stdout).toMatch(/^ {2}eval \[options\] <out>/m)
   })
 })

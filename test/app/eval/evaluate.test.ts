@@ -154,6 +154,35 @@ describe('evaluateOutputs: VQA', () => {
     })
     expect(Object.fromEntries(Object.entries(v.byType).map(([t, s]) => [t, { rows: s!.rows, correct: s!.correct }]))).toEqual(expected)
     expect(Object.keys(v.byType).length).toBeGreaterThanOrEqual(3)
+    expect(v.byFinishReason).toBeNull() // the output has no finish_reason column
+  })
+
+  it('gives exact match and accuracy per finish reason when the output has finish_reason (ok rows only)', async () => {
+    const refs = await fixtureRows('test.parquet', 6)
+    writeReference(join(dir, 'finish-ref', 'test.parquet'), refs)
+    // rows 0-2 end at the end token (two right), rows 3-4 are cut at the limit (both wrong), row 5 is an error row
+    const outputs: OutputRow[] = refs.map((r, i) =>
+      i === 5
+        ? { id: r.id, status: 'error', error_code: 'corrupt', finish_reason: null }
+        : { id: r.id, status: 'ok', caption: i === 1 || i >= 3 ? `${r.caption} and a red star` : r.caption, finish_reason: i < 3 ? 'stop' : 'length' },
+    )
+    writeOutput(join(dir, 'finish-out', 'test.parquet'), outputs, ['caption', 'finish_reason'])
+    const report = await evaluateOutputs({ outDir: join(dir, 'finish-out'), reference: [join(dir, 'finish-ref')] })
+    expect(report.caption!.byFinishReason).toEqual({
+      stop: { rows: 3, correct: 2, accuracy: 2 / 3 },
+      length: { rows: 2, correct: 0, accuracy: 0 },
+    })
+    expect(report.caption!.exactMatches).toBe(2)
+
+    const vqaRefs = await fixtureRows('vqa.parquet', 4)
+    writeReference(join(dir, 'finish-vqa-ref', 'vqa.parquet'), vqaRefs)
+    writeOutput(
+      join(dir, 'finish-vqa-out', 'vqa.parquet'),
+      vqaRefs.map((r, i) => ({ id: r.id, status: 'ok', question: r.question, answer: i === 3 ? 'three three three' : r.answer, finish_reason: i === 3 ? 'length' : 'stop' })),
+      ['question', 'answer', 'finish_reason'],
+    )
+    const vqa = await evaluateOutputs({ outDir: join(dir, 'finish-vqa-out'), reference: [join(dir, 'finish-vqa-ref')] })
+    expect(vqa.vqa!.byFinishReason).toEqual({ stop: { rows: 3, correct: 3, accuracy: 1 }, length: { rows: 1, correct: 0, accuracy: 0 } })
   })
 })
 

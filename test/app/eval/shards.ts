@@ -44,10 +44,11 @@ export interface OutputRow {
   caption?: string | null
   question?: string | null
   answer?: string | null
+  finish_reason?: 'stop' | 'length' | null
 }
 
 /** An output shard as the pipelines write it: [id], status, error, error_code, then the result columns present in `results`. */
-export function writeOutput(path: string, rows: readonly OutputRow[], results: readonly ('caption' | 'question' | 'answer')[], withId = true): void {
+export function writeOutput(path: string, rows: readonly OutputRow[], results: readonly ('caption' | 'question' | 'answer' | 'finish_reason')[], withId = true): void {
   writeBuffer(
     path,
     parquetWriteBuffer({

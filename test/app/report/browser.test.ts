@@ -205,7 +205,7 @@ describe.skipIf(!hasChromium)('evflow report in headless Chromium', () => {
     const file = join(dir, 'text-report.html')
     const result = runCli(['report', out, '-o', file, '--reference', inputs, '--sample', '40', '--seed', '3'])
     expect(result.code, result.stderr).toBe(0)
-    const evalJson = JSON.parse(runCli(['eval', out, '--reference', inputs, '--json', '-']).stdout) as { caption: { exactMatch: number; bleu4: number; ciderD: number } }
+    const evalJson = JSON.parse(runCli(['eval', out, '--reference', inputs, '--json']).stdout) as { caption: { exactMatch: number; bleu4: number; ciderD: number } }
 
     const all: { s: number; i: number; e: ReturnType<typeof expected> }[] = []
     for (let s = 0; s < 2; s++) for (let i = 0; i < 90; i++) all.push({ s, i, e: expected(s, i) })
