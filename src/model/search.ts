@@ -7,6 +7,10 @@
  * Beam search keeps the `beams` best continuations by summed log-probability; a beam that ends yields a
  * hypothesis scored by `logprob / length ** lengthPenalty`; a sequence stops once it has `beams` hypotheses
  * (or hits its length limit, when its best running beams become hypotheses too) and returns the best.
+ *
+ * `minNewTokens` (Hugging Face's `min_new_tokens`): while a beam has generated fewer tokens, its end token's
+ * logit counts as -∞ (before the log-softmax, so the other tokens' probabilities are renormalised without it):
+ * it cannot end. With `minNewTokens` = the token limit every sequence has exactly that many tokens.
  */
 import type { TensorData } from '../tensor/tensors.js'
 import type { GenerationSample } from './generate.js'
@@ -44,6 +48,8 @@ export interface SearchParams {
   /** Beam search: hypothesis score = logprob / length ** lengthPenalty. */
   readonly lengthPenalty: number
   readonly eos: number
+  /** A beam with fewer generated tokens cannot choose `eos` (its logit counts as -∞). Default 0. */
+  readonly minNewTokens?: number
 }
 
 export interface Selection {
@@ -55,11 +61,13 @@ export interface Selection {
   readonly finished: Sequence[]
 }
 
-export function argmax(values: Float32Array, start: number, size: number): number {
-  let best = 0
-  let bestValue = values[start]
-  for (let i = 1; i < size; i++) {
-    if (values[start + i] > bestValue) {
+/** The index of the largest of `values[start, start + size)`, the lowest among equals; `excluded` (an index) never wins. */
+export function argmax(values: Float32Array, start: number, size: number, excluded = -1): number {
+  let best = -1
+  let bestValue = -Infinity
+  for (let i = 0; i < size; i++) {
+    if (i === excluded) continue
+    if (best < 0 || values[start + i] > bestValue) {
       bestValue = values[start + i]
       best = i
     }
@@ -67,14 +75,15 @@ export function argmax(values: Float32Array, start: number, size: number): numbe
   return best
 }
 
-export function logSoftmax(values: Float32Array, start: number, size: number): Float64Array {
+/** Log-softmax of `values[start, start + size)` in float64; `excluded` (an index) gets -∞ and no probability. */
+export function logSoftmax(values: Float32Array, start: number, size: number, excluded = -1): Float64Array {
   let max = -Infinity
-  for (let i = 0; i < size; i++) max = Math.max(max, values[start + i])
+  for (let i = 0; i < size; i++) if (i !== excluded) max = Math.max(max, values[start + i])
   let sum = 0
-  for (let i = 0; i < size; i++) sum += Math.exp(values[start + i] - max)
+  for (let i = 0; i < size; i++) if (i !== excluded) sum += Math.exp(values[start + i] - max)
   const lse = max + Math.log(sum)
   const out = new Float64Array(size)
-  for (let i = 0; i < size; i++) out[i] = values[start + i] - lse
+  for (let i = 0; i < size; i++) out[i] = i === excluded ? -Infinity : values[start + i] - lse
   return out
 }
 
@@ -94,13 +103,16 @@ export function selectNext(rows: readonly Beam[], logits: TensorData, params: Se
   const values = logits.data as Float32Array
   const selection: Selection = { next: [], parents: [], finished: [] }
   const lastPosition = (row: number) => (row * t + t - 1) * vocab
+  // the end token is out of reach of a row that has generated fewer than minNewTokens tokens
+  const minNewTokens = params.minNewTokens ?? 0
+  const excluded = (row: number) => (rows[row].tokens.length < minNewTokens ? params.eos : -1)
   let r = 0
   while (r < rows.length) {
     const sequence = rows[r].sequence
     let end = r
     while (end < rows.length && rows[end].sequence === sequence) end++
-    if (params.beams === 1) selectGreedy(rows[r], r, argmax(values, lastPosition(r), vocab), params, selection)
-    else selectBeams(rows, r, end, (i) => logSoftmax(values, lastPosition(i), vocab), params, selection)
+    if (params.beams === 1) selectGreedy(rows[r], r, argmax(values, lastPosition(r), vocab, excluded(r)), params, selection)
+    else selectBeams(rows, r, end, (i) => logSoftmax(values, lastPosition(i), vocab, excluded(i)), params, selection)
     r = end
   }
   return selection
