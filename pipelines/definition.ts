@@ -12,10 +12,13 @@ import { PipelineConfigError } from '../src/errors.js'
 import type { OutputColumn } from '../src/parquet/output-schema.js'
 import type { ShardColumns } from '../src/parquet/shards.js'
 import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
+import type { InFlight } from '../src/engine/in-flight.js'
 import type { RunMetrics } from '../src/engine/metrics.js'
 
 export interface StageContext {
   readonly metrics: RunMetrics
+  /** The run's in-flight bound, shared by the reader, the model stages (batches reserve their tensors' bytes) and the sink. */
+  readonly inFlight?: InFlight
 }
 
 /** A CLI flag of a pipeline option. */

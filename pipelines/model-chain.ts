@@ -17,7 +17,8 @@ import { resampleTokens } from '../operators/resample-tokens.js'
 import { routeToExperts } from '../operators/route-to-experts.js'
 import { int, mebibytes, type PipelineFlag, type StageContext } from './definition.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/vision-language-model.js'
-import type { ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
+import { chainModelStages } from '../operators/internal/model-stage.js'
+import type { DecodedImage, ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
 
 /** Decode limits: they decide which rows become error rows, so they decide the output. */
 export const decodeLimitsShape = {
@@ -119,15 +120,10 @@ export function openModel(config: ModelConfig): VisionLanguageModel {
   })
 }
 
-/**
- * decode → batch → ViT features → resampled tokens → experts: refined `VisualTokens` batches. Images are
- * decoded as the model's manifest says (size, resize, mean, std).
- */
-export function visionStages(
-  config: ModelConfig,
-  model: VisionLanguageModel,
-  context: StageContext,
-): OperatorFunction<ShardRecord, VisualTokens | ErrorRecord | ShardNotice> {
+/** decode → batch: images decoded as the model's manifest says (size, resize, mean, std), in batches. */
+type DecodedBatch = (DecodedImage | ErrorRecord | ShardNotice)[]
+
+function decodeStages(config: ModelConfig, model: VisionLanguageModel, context: StageContext): OperatorFunction<ShardRecord, DecodedBatch> {
   const { preprocessing } = model.manifest
   const { metrics } = context
   return pipe(
@@ -141,31 +137,56 @@ export function visionStages(
       concurrency: config.concurrency,
       metrics,
     }),
-    batchRecords({ maxSize: config.batchSize, maxWaitMs: config.maxWaitMs, metrics }),
-    extractVitFeatures({ model, metrics }),
-    resampleTokens({ model, metrics }),
-    routeToExperts({ model, metrics }),
+    batchRecords<DecodedImage | ErrorRecord | ShardNotice>({ maxSize: config.batchSize, maxWaitMs: config.maxWaitMs, metrics }),
   )
 }
 
-/** The whole text path: `visionStages` → cross-attention memory → generated text (captions, or answers to `questions`). */
+/** The vision operators: ViT features → resampled tokens → experts (refined `VisualTokens`). */
+function visionOperators(model: VisionLanguageModel, context: StageContext) {
+  const { metrics, inFlight } = context
+  const shared = { model, metrics, ...(inFlight ? { inFlight } : {}) }
+  return [extractVitFeatures<DecodedImage | ErrorRecord | ShardNotice>(shared), resampleTokens(shared), routeToExperts(shared)] as const
+}
+
+/**
+ * decode → batch → ViT features → resampled tokens → experts: refined `VisualTokens` batches. The model
+ * stages run as one inference-thread task per batch (`chainModelStages`): only the pixels go to the thread
+ * and only the refined tokens come back.
+ */
+export function visionStages(
+  config: ModelConfig,
+  model: VisionLanguageModel,
+  context: StageContext,
+): OperatorFunction<ShardRecord, VisualTokens | ErrorRecord | ShardNotice> {
+  return pipe(decodeStages(config, model, context), chainModelStages<DecodedBatch, VisualTokens | ErrorRecord | ShardNotice>(...visionOperators(model, context)))
+}
+
+/**
+ * The whole text path: decode → batch → ViT features → resampled tokens → experts → cross-attention memory →
+ * generated text (captions, or answers to `questions`). The five model stages run as one inference-thread
+ * task per batch (`chainModelStages`): the pixels go to the thread, the generated tokens come back, and the
+ * taps, visual tokens and cross-attention memory never leave it.
+ */
 export function textStages(
   config: ModelConfig & GenerationConfig,
   context: StageContext,
   questions?: DecodeTextOptions['questions'],
 ): OperatorFunction<ShardRecord, GeneratedText | ErrorRecord | ShardNotice> {
   const model = openModel(config)
-  const { metrics } = context
+  const { metrics, inFlight } = context
+  const shared = { model, metrics, ...(inFlight ? { inFlight } : {}) }
   return pipe(
-    visionStages(config, model, context),
-    crossAttend({ model, metrics }),
-    decodeText({
-      model,
-      metrics,
-      ...(questions ? { questions } : {}),
-      generation: { maxNewTokens: config.maxNewTokens, beams: config.beams },
-      slots: config.slots,
-      continuous: config.continuous,
-    }),
+    decodeStages(config, model, context),
+    chainModelStages<DecodedBatch, GeneratedText | ErrorRecord | ShardNotice>(
+      ...visionOperators(model, context),
+      crossAttend(shared),
+      decodeText({
+        ...shared,
+        ...(questions ? { questions } : {}),
+        generation: { maxNewTokens: config.maxNewTokens, beams: config.beams },
+        slots: config.slots,
+        continuous: config.continuous,
+      }),
+    ),
   )
 }
