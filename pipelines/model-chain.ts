@@ -36,10 +36,10 @@ export const modelEngineShape = {
   batchSize: z.number().int().min(1).max(4096),
   /** Longest a partial batch waits for more rows, in ms. */
   maxWaitMs: z.number().min(0).max(60_000),
-  /** Inference threads (each with its own ONNX Runtime sessions). */
-  inferenceThreads: z.number().int().min(1).max(256),
-  /** ONNX Runtime intra-op threads per session. */
-  intraOpThreads: z.number().int().min(1).max(256),
+  /** Inference threads (each with its own ONNX Runtime sessions). Absent: chosen from the model's size (`threadPlan`). */
+  inferenceThreads: z.number().int().min(1).max(256).optional(),
+  /** ONNX Runtime intra-op threads per session. Absent: chosen from the model's size (`threadPlan`). */
+  intraOpThreads: z.number().int().min(1).max(256).optional(),
   /** Execution provider. */
   provider: z.enum(['cpu', 'webgpu', 'cuda']),
   /** Fail instead of falling back to CPU when the provider cannot start. */
@@ -59,8 +59,6 @@ export function modelDefaults(): ModelConfig {
     // The model is the bottleneck: waiting for full batches costs nothing, and partial batches measured
     // 25% slower (batch 8 vs 32, docs/benchmarks.md). The last batch of a run is flushed at once.
     maxWaitMs: 250,
-    inferenceThreads: availableParallelism(),
-    intraOpThreads: 1,
     provider: 'cpu',
     strictProvider: false,
     concurrency: 2 * availableParallelism(),
@@ -70,8 +68,20 @@ export function modelDefaults(): ModelConfig {
 export const modelFlags: readonly PipelineFlag[] = [
   { flags: '--model <dir>', description: 'model package folder', key: 'model', defaultText: 'the bundled evlm-tiny' },
   { flags: '--batch-size <n>', description: 'images per model batch', key: 'batchSize', parse: int },
-  { flags: '--inference-threads <n>', description: 'inference threads, each with its own ONNX Runtime sessions', key: 'inferenceThreads', parse: int, defaultText: 'the number of cores' },
-  { flags: '--intra-op-threads <n>', description: 'ONNX Runtime intra-op threads per session', key: 'intraOpThreads', parse: int },
+  {
+    flags: '--inference-threads <n>',
+    description: 'inference threads, each with its own ONNX Runtime sessions',
+    key: 'inferenceThreads',
+    parse: int,
+    defaultText: 'the number of cores; 1 for a model over 256 MiB of weights',
+  },
+  {
+    flags: '--intra-op-threads <n>',
+    description: 'ONNX Runtime intra-op threads per session',
+    key: 'intraOpThreads',
+    parse: int,
+    defaultText: '1; the cores shared by the inference threads for a model over 256 MiB',
+  },
   { flags: '--provider <name>', description: 'execution provider: cpu, webgpu or cuda', key: 'provider' },
   { flags: '--strict-provider', description: 'fail instead of falling back to cpu when the provider cannot start', key: 'strictProvider' },
   { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
@@ -113,8 +123,8 @@ export function modelIdentity(config: ModelConfig): Record<string, unknown> {
 
 export function openModel(config: ModelConfig): VisionLanguageModel {
   return new VisionLanguageModel(config.model, {
-    inferenceThreads: config.inferenceThreads,
-    intraOpThreads: config.intraOpThreads,
+    ...(config.inferenceThreads === undefined ? {} : { inferenceThreads: config.inferenceThreads }),
+    ...(config.intraOpThreads === undefined ? {} : { intraOpThreads: config.intraOpThreads }),
     provider: config.provider,
     strictProvider: config.strictProvider,
   })

@@ -137,7 +137,8 @@ function engine<T, In, Out>(stages: readonly FusibleStage[]): OperatorFunction<T
       if (i === 0) continue
       const before = planned[planned.length - 1].plan
       if (!before.step) break
-      if (before.refused.length > 0) throw new ModelUsageError(`${planned[planned.length - 1].stage.name} refused rows in the middle of a chain (only the first and the last stage may)`)
+      // the first stage's refused rows are not in its output; a later stage's would still be in the thread's tensors
+      if (planned.length > 1 && before.refused.length > 0) throw new ModelUsageError(`${planned[planned.length - 1].stage.name} refused rows in the middle of a chain (only the first and the last stage may)`)
       planned.push({ stage, metrics: metricsOf[i], plan: stage.follow!(before.rows), entering: before.rows })
     }
     return { planned, inputs }
@@ -165,15 +166,17 @@ function engine<T, In, Out>(stages: readonly FusibleStage[]): OperatorFunction<T
     const running = planned.filter((p) => p.plan.step !== undefined)
     const refusedAll = planned.flatMap((p) => p.plan.refused)
     const lastPlanned = planned[planned.length - 1]
-    // Counted as the operators piped one after the other would count: a stage after a failed one never sees its rows.
-    const finish = (failedAt: number | undefined) => {
+    // Counted as the operators piped one after the other would count (a stage after a failed one never sees
+    // the batch's rows); each stage is busy for its step's time in the thread (the wall time, split evenly,
+    // when the task failed or nothing ran).
+    const finish = (failedAt: number | undefined, outcomes?: readonly StepOutcome[]) => {
       const ms = performance.now() - began
       const counted = failedAt === undefined ? planned : planned.slice(0, failedAt + 1)
       counted.forEach((p, i) => {
         if (!p.metrics) return
         p.metrics.in(p.entering.length)
         p.metrics.batches += 1
-        p.metrics.busy(ms / counted.length)
+        p.metrics.busy(outcomes?.[i]?.ms ?? ms / counted.length)
         p.metrics.out(p.entering.length)
         p.metrics.errors += i === failedAt ? p.entering.length : p.plan.refused.length
       })
@@ -187,6 +190,7 @@ function engine<T, In, Out>(stages: readonly FusibleStage[]): OperatorFunction<T
     const returns = complete ? last.outputs : []
     let reservation: Reservation | undefined
     let result: StepsResult
+    const sent = Object.values(inputs).reduce((n, t) => n + t.data.byteLength, 0)
     try {
       reservation = inFlight ? await inFlight.reserve(owner, reserveBytes(inputs, running.map((p) => p.plan), model.manifest.dims)) : undefined
       result = await model.pool().steps(running.map((p) => p.plan.step!), inputs, returns)
@@ -200,17 +204,20 @@ function engine<T, In, Out>(stages: readonly FusibleStage[]): OperatorFunction<T
       return [...running.slice(0, at).flatMap((p) => p.plan.refused), ...failing.entering.map((row) => toErrorRecord(row, failing.stage.name, 'stage-failed', message))]
     }
     reservation?.release()
-    finish(undefined)
+    finish(undefined, result.outcomes)
     running.forEach((p, i) => {
-      if (!p.metrics) return
-      p.stage.count?.(result.outcomes[i], p.metrics)
-      p.metrics.add('task_peak_bytes', result.peakBytes / running.length)
+      if (p.metrics) p.stage.count?.(result.outcomes[i], p.metrics)
     })
-    const firstMetrics = running[0].metrics
-    firstMetrics?.add('bytes_to_thread', Object.values(inputs).reduce((n, t) => n + t.data.byteLength, 0))
+    // What the task moved between threads and held in its thread: counted once, under the stage that starts it.
+    const task = running[0].metrics
+    if (task) {
+      task.add('bytes_to_thread', sent)
+      task.add('bytes_from_thread', Object.values(result.outputs).reduce((n, t) => n + t.data.byteLength, 0))
+      task.extra.task_peak_bytes = Math.max(task.extra.task_peak_bytes ?? 0, result.peakBytes)
+      if (reservation) task.extra.task_reserved_bytes = Math.max(task.extra.task_reserved_bytes ?? 0, reservation.bytes)
+    }
     if (!complete) return refusedAll as ErrorRecord[]
     const out = lastPlanned.plan.build(result.outcomes[result.outcomes.length - 1], result.outputs) as readonly Out[]
-    lastPlanned.metrics?.add('bytes_from_thread', Object.values(result.outputs).reduce((n, t) => n + t.data.byteLength, 0))
     if (inFlight) charge(inFlight, out)
     return [...(refusedAll as ErrorRecord[]), ...out]
   }

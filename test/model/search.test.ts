@@ -31,6 +31,34 @@ describe('selectNext (greedy)', () => {
   })
 })
 
+describe('selectNext with minNewTokens (fixed-length generation)', () => {
+  it('greedy: the end token is out of reach until a sequence has minNewTokens tokens; the next best token is taken', () => {
+    const [a, b] = [sequence(0), sequence(1)]
+    // both rows prefer <eos> (9), then token 3 (5); row a has 1 token, row b has 2
+    const rows = [beam(a, [4]), beam(b, [4, 4])]
+    const out = selectNext(rows, logits([0, 0, 9, 5, 0], [0, 0, 9, 5, 0]), { beams: 1, lengthPenalty: 1, eos: EOS, minNewTokens: 2 })
+    expect(out.next.map((n) => n.tokens)).toEqual([[4, 3]])
+    expect(out.finished.map((s) => bestHypothesis(s))).toEqual([{ tokens: [4, 4], score: 0, finish: 'eos' }])
+    expect(argmax(Float32Array.from([0, 0, 9, 5]), 0, 4, EOS)).toBe(3)
+  })
+
+  it('minNewTokens = the limit: every sequence has exactly that many tokens, even one whose every step prefers <eos>', () => {
+    const s = sequence(0, 3)
+    let rows = [beam(s)]
+    for (let step = 0; step < 3 && rows.length > 0; step++) rows = selectNext(rows, logits([0, 0, 9, 0, 1]), { beams: 1, lengthPenalty: 1, eos: EOS, minNewTokens: 3 }).next
+    expect(bestHypothesis(s)).toEqual({ tokens: [4, 4, 4], score: 0, finish: 'length' })
+  })
+
+  it('beam search: <eos> gets no probability before minNewTokens (the others are renormalised without it)', () => {
+    const s = sequence(0)
+    const ln = Math.log
+    const out = selectNext([beam(s, [3])], logits([-30, -30, ln(0.5), ln(0.3), ln(0.2)]), { beams: 2, lengthPenalty: 1, eos: EOS, minNewTokens: 2 })
+    expect(s.hypotheses).toEqual([])
+    expect(out.next.map((b) => b.tokens)).toEqual([[3, 3], [3, 4]])
+    expect(out.next[0].score).toBeCloseTo(ln(0.3 / 0.5), 5)
+  })
+})
+
 describe('selectNext (beam search)', () => {
   it('keeps the best continuations over all beams of a sequence; an ending candidate among the best becomes a hypothesis', () => {
     const s = sequence(0)
