@@ -31,7 +31,7 @@ export const EXIT = {
   modelCannotRun: 6,
 } as const
 
-const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite'] as const
+const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'maxBytesInFlight', 'overwrite'] as const
 
 /** Merges defaults < config file < flags into one frozen config; throws `PipelineConfigError` naming the field. */
 export function resolveConfig(
@@ -69,6 +69,7 @@ interface CommonFlags {
   overwrite?: boolean
   json?: boolean
   maxInFlight?: number
+  maxBytesInFlight?: number
   verbose?: boolean
   report?: boolean
 }
@@ -83,6 +84,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--overwrite', 'redo shards that are already committed')
     .option('--json', 'JSON lines on stdout instead of a progress bar')
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
+    .option('--max-bytes-in-flight <n>', "most bytes held by the rows in flight and the model's batches (default 512 MiB)", positiveInt)
     .option('--verbose', 'print stacks on errors')
     .option('--report', 'at the end, write an HTML report to <out>/_evflow/report.html (see evflow report)')
   for (const flag of definition.flags) {
@@ -107,6 +109,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       limit: flags.limit,
       overwrite: flags.overwrite,
       maxRecordsInFlight: flags.maxInFlight,
+      maxBytesInFlight: flags.maxBytesInFlight,
     }
     for (const flag of definition.flags) {
       const attribute = new Option(flag.flags).attributeName()

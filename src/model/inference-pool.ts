@@ -47,21 +47,29 @@ export const LARGE_MODEL_BYTES = 256 * 1024 * 1024
 export interface ThreadPlan {
   readonly inferenceThreads: number
   readonly intraOpThreads: number
+  /** ONNX Runtime's CPU memory arena: off for a large model (it would keep its largest batch's activations). */
+  readonly memoryArena: boolean
 }
 
 /**
  * The inference and intra-op threads for a model of `weightsBytes` on `cores` cores, where not set: a small
  * model gets one inference thread per core, 1 intra-op thread each (per-call overheads dominate small graphs,
  * and separate threads overlap them; measured best on the tiny model); a large one (`LARGE_MODEL_BYTES`)
- * gets one inference thread (one copy of its weights) with `cores` intra-op threads. A value set is kept;
- * the other then shares the cores (`cores / inferenceThreads` intra-op threads for a large model, 1 for a
- * small one).
+ * gets one inference thread (one copy of its weights: each inference thread holds its own sessions, and
+ * onnxruntime-node cannot share initializers between them) with `cores` intra-op threads, and no memory
+ * arena. A value set is kept; the other then shares the cores (`cores / inferenceThreads` intra-op threads
+ * for a large model, 1 for a small one). Measured on evlm-base (1.22 GB of graphs, docs/benchmarks.md):
+ * 1 × 2 threads as fast as 2 × 1 within the noise of a shared machine, at 2.3 instead of 4.1 GB.
  */
-export function threadPlan(weightsBytes: number, cores: number, set: { inferenceThreads?: number | undefined; intraOpThreads?: number | undefined } = {}): ThreadPlan {
+export function threadPlan(
+  weightsBytes: number,
+  cores: number,
+  set: { inferenceThreads?: number | undefined; intraOpThreads?: number | undefined; memoryArena?: boolean | undefined } = {},
+): ThreadPlan {
   const large = weightsBytes > LARGE_MODEL_BYTES
   const inferenceThreads = set.inferenceThreads ?? (large ? (set.intraOpThreads === undefined ? 1 : Math.max(1, Math.floor(cores / set.intraOpThreads))) : cores)
   const intraOpThreads = set.intraOpThreads ?? (large ? Math.max(1, Math.floor(cores / inferenceThreads)) : 1)
-  return { inferenceThreads, intraOpThreads }
+  return { inferenceThreads, intraOpThreads, memoryArena: set.memoryArena ?? !large }
 }
 
 export interface InferencePoolOptions {
@@ -72,6 +80,11 @@ export interface InferencePoolOptions {
    * inference threads × 1 intra-op thread; `threadPlan` chooses both from a model's size).
    */
   intraOpThreads?: number
+  /**
+   * ONNX Runtime's CPU memory arena: faster allocation, but each session keeps the most memory a run ever took
+   * (a large model's activations at its largest batch). Default true; `threadPlan` turns it off for a large model.
+   */
+  memoryArena?: boolean
   /** `cpu` | `webgpu` | `cuda`. Default `cpu`. */
   provider?: ExecutionProvider
   /** Fail instead of falling back to CPU when the provider cannot start. Default false. */
@@ -91,6 +104,7 @@ function threadFile(): string {
 export class InferencePool {
   readonly inferenceThreads: number
   readonly intraOpThreads: number
+  readonly memoryArena: boolean
   readonly provider: ExecutionProvider
   private readonly strictProvider: boolean
   private readonly pool: Piscina
@@ -109,6 +123,7 @@ export class InferencePool {
   constructor(options: InferencePoolOptions = {}) {
     this.inferenceThreads = options.inferenceThreads ?? availableParallelism()
     this.intraOpThreads = options.intraOpThreads ?? 1
+    this.memoryArena = options.memoryArena ?? true
     this.provider = options.provider ?? 'cpu'
     this.strictProvider = options.strictProvider ?? false
     this.activeProvider = this.provider
@@ -125,7 +140,7 @@ export class InferencePool {
   }
 
   private spec(path: string): SessionSpec {
-    return { path, provider: this.provider, strictProvider: this.strictProvider, intraOpNumThreads: this.intraOpThreads }
+    return { path, provider: this.provider, strictProvider: this.strictProvider, intraOpNumThreads: this.intraOpThreads, memoryArena: this.memoryArena }
   }
 
   private async submit<T extends { provider: ExecutionProvider; warning?: string; outputs: Record<string, TensorData> }>(label: string, task: ThreadTask, inputs: readonly TensorData[]): Promise<T> {
@@ -180,7 +195,7 @@ export class InferencePool {
    * step's outcome. A failing step throws `StepError` (its index in `step`).
    */
   async steps(steps: readonly ThreadStep[], inputs: Feeds, returns: readonly string[]): Promise<StepsResult> {
-    const session = { provider: this.provider, strictProvider: this.strictProvider, intraOpNumThreads: this.intraOpThreads }
+    const session = { provider: this.provider, strictProvider: this.strictProvider, intraOpNumThreads: this.intraOpThreads, memoryArena: this.memoryArena }
     const task: StepsTask = { kind: 'steps', session, steps, inputs, returns }
     const first = steps[0]
     return this.submit<StepsResult>(first ? (first.kind === 'route' ? first.router : first.graph) : 'steps', task, Object.values(inputs))

@@ -20,6 +20,8 @@ export interface SessionSpec {
   readonly provider: ExecutionProvider
   readonly strictProvider: boolean
   readonly intraOpNumThreads: number
+  /** ONNX Runtime's CPU memory arena (`enableCpuMemArena`). */
+  readonly memoryArena: boolean
 }
 
 export interface RunTask {
@@ -83,7 +85,7 @@ interface OpenSession {
 const sessions = new Map<string, Promise<OpenSession>>()
 
 function keyOf(spec: SessionSpec): string {
-  return `${spec.path}|${spec.provider}|${spec.intraOpNumThreads}`
+  return `${spec.path}|${spec.provider}|${spec.intraOpNumThreads}|${spec.memoryArena}`
 }
 
 async function openSession(spec: SessionSpec): Promise<OpenSession> {
@@ -94,6 +96,13 @@ async function openSession(spec: SessionSpec): Promise<OpenSession> {
     intraOpNumThreads: spec.intraOpNumThreads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
+    // The arena keeps the most memory a run ever took, per session, for the thread's life: at base size that is
+    // the activations of the largest batch (about 1 GB at batch 32, docs/benchmarks.md); without it ONNX
+    // Runtime frees them after each run.
+    enableCpuMemArena: spec.memoryArena,
+    // Several intra-op threads: they wait for work sleeping, not spinning on a core that the main thread's
+    // decoding, the other inference threads or other processes need.
+    ...(spec.intraOpNumThreads > 1 ? { extra: { 'session.intra_op.allow_spinning': '0' } } : {}),
   })
   if (spec.provider === 'cpu') return { session: await ort.InferenceSession.create(spec.path, options('cpu')), provider: 'cpu' }
   try {
