@@ -98,12 +98,16 @@ export interface LimitRun {
   readonly bytesMovedPerImage: number
   /** Most bytes of tensors one task held in its thread. */
   readonly taskPeakBytes: number
+  /** Seconds of the warm-up (opening every session in every thread, and one small batch): not in `seconds`. */
+  readonly warmupS: number
 }
 
 export interface LimitOptions {
   readonly batch: number
   readonly workers: number
   readonly threads?: number
+  /** ONNX Runtime's CPU memory arena. Default true. */
+  readonly memoryArena?: boolean
   readonly maxNewTokens?: number
   readonly minNewTokens?: number
   readonly slots?: number
@@ -131,7 +135,7 @@ export function captionSteps(pkg: ModelPackage, images: number, norms: readonly 
  */
 export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[], options: LimitOptions): Promise<LimitRun> {
   const m = pkg.manifest
-  const pool = new InferencePool({ inferenceThreads: options.workers, intraOpThreads: options.threads ?? 1 })
+  const pool = new InferencePool({ inferenceThreads: options.workers, intraOpThreads: options.threads ?? 1, memoryArena: options.memoryArena ?? true })
   try {
     const batches: { pixels: TensorData; norms: PixelNorm[] }[] = []
     for (let i = 0; i < images.length; i += options.batch) batches.push(packPixels(images.slice(i, i + options.batch)))
@@ -155,13 +159,15 @@ export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[
       taskPeakBytes = Math.max(taskPeakBytes, result.peakBytes)
     }
     // warm-up: one session per graph per worker
+    const warming = performance.now()
     await Promise.all(Array.from({ length: options.workers }, () => chain(packPixels(images.slice(0, 2)))))
+    const warmupS = (performance.now() - warming) / 1000
     const moved = { ...pool.moved }
     const started = performance.now()
     await promisePool(batches, options.workers + 1, (batch) => chain(batch, true))
     const seconds = (performance.now() - started) / 1000
     const bytesMoved = pool.moved.toThreads - moved.toThreads + pool.moved.fromThreads - moved.fromThreads
-    return { images: images.length, seconds, imagesPerS: images.length / seconds, tokens, tokensPerS: tokens / seconds, computeMs, bytesMovedPerImage: bytesMoved / images.length, taskPeakBytes }
+    return { images: images.length, seconds, imagesPerS: images.length / seconds, tokens, tokensPerS: tokens / seconds, computeMs, bytesMovedPerImage: bytesMoved / images.length, taskPeakBytes, warmupS }
   } finally {
     await pool.destroy()
   }
