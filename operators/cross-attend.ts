@@ -1,7 +1,9 @@
+import type { OperatorFunction } from 'rxjs'
+
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { copyTensor, type Feeds } from '../src/tensor/tensors.js'
 import { isVisualTokens, type BatchRow, type CrossMemory, type ErrorRecord, type VisualTokens } from '../src/records.js'
-import { modelStage, type ModelStageOperator, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
+import { modelStage, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
 
 export interface CrossAttendOptions extends ModelStageOptions {
   model: VisionLanguageModel
@@ -22,7 +24,7 @@ export interface CrossAttendOptions extends ModelStageOptions {
  * @example
  * refined$.pipe(crossAttend({ model }))
  */
-export function crossAttend<T extends { kind: string }>(options: CrossAttendOptions): ModelStageOperator<T, Exclude<T, VisualTokens> | CrossMemory | ErrorRecord> {
+export function crossAttend<T extends { kind: string }>(options: CrossAttendOptions): OperatorFunction<T, Exclude<T, VisualTokens> | CrossMemory | ErrorRecord> {
   const { model } = options
   const name = 'crossAttend'
   const plan = (rows: readonly BatchRow[]): StagePlan<CrossMemory> => ({

@@ -6,7 +6,7 @@ import { generatedTexts, planPrompts, type Asked } from '../src/model/prompts.js
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { copyTensor, type Feeds } from '../src/tensor/tensors.js'
 import { isCrossMemory, type BatchRow, type CrossMemory, type ErrorRecord, type GeneratedText } from '../src/records.js'
-import { modelStage, type ModelStageOperator, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
+import { modelStage, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
 
 export interface DecodeTextOptions extends ModelStageOptions {
   model: VisionLanguageModel
@@ -46,7 +46,7 @@ export interface DecodeTextOptions extends ModelStageOptions {
  * memory$.pipe(decodeText({ model, generation: { maxNewTokens: 32 } }))          // captions
  * memory$.pipe(decodeText({ model, questions: (row) => row.kept.question as string }))  // VQA
  */
-export function decodeText<T extends { kind: string }>(options: DecodeTextOptions): ModelStageOperator<T, Exclude<T, CrossMemory> | GeneratedText | ErrorRecord> {
+export function decodeText<T extends { kind: string }>(options: DecodeTextOptions): OperatorFunction<T, Exclude<T, CrossMemory> | GeneratedText | ErrorRecord> {
   const { model } = options
   const batching = { slots: options.slots ?? 32, continuous: options.continuous ?? true }
   // The model's default length is only known from its manifest: validate what can be now.

@@ -1,9 +1,11 @@
+import type { OperatorFunction } from 'rxjs'
+
 import { admitImages } from '../src/model/batch.js'
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { packPixels } from '../src/tensor/pixels.js'
 import { batchRow, isDecodedImage, type DecodedImage, type ErrorRecord, type VitFeatures } from '../src/records.js'
 import type { Feeds } from '../src/tensor/tensors.js'
-import { modelStage, type ModelStageOperator, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
+import { modelStage, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
 import { splitBatches } from './internal/split-batches.js'
 
 export interface ExtractVitFeaturesOptions extends ModelStageOptions {
@@ -37,7 +39,7 @@ const isImageBatch = (record: unknown): record is readonly DecodedImage[] => Arr
  */
 export function extractVitFeatures<T extends { kind: string }>(
   options: ExtractVitFeaturesOptions,
-): ModelStageOperator<T | readonly T[], Exclude<T, DecodedImage> | VitFeatures | ErrorRecord> {
+): OperatorFunction<T | readonly T[], Exclude<T, DecodedImage> | VitFeatures | ErrorRecord> {
   const { model } = options
   const name = 'extractVitFeatures'
   return modelStage(

@@ -1,7 +1,9 @@
+import type { OperatorFunction } from 'rxjs'
+
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { copyTensor, type Feeds } from '../src/tensor/tensors.js'
 import { isVitFeatures, type BatchRow, type ErrorRecord, type VisualTokens, type VitFeatures } from '../src/records.js'
-import { modelStage, type ModelStageOperator, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
+import { modelStage, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
 
 export interface ResampleTokensOptions extends ModelStageOptions {
   model: VisionLanguageModel
@@ -19,7 +21,7 @@ export interface ResampleTokensOptions extends ModelStageOptions {
  * @example
  * features$.pipe(resampleTokens({ model }))
  */
-export function resampleTokens<T extends { kind: string }>(options: ResampleTokensOptions): ModelStageOperator<T, Exclude<T, VitFeatures> | VisualTokens | ErrorRecord> {
+export function resampleTokens<T extends { kind: string }>(options: ResampleTokensOptions): OperatorFunction<T, Exclude<T, VitFeatures> | VisualTokens | ErrorRecord> {
   const { model } = options
   const name = 'resampleTokens'
   const plan = (rows: readonly BatchRow[]): StagePlan<VisualTokens> => ({

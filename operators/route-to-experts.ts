@@ -1,7 +1,9 @@
+import type { OperatorFunction } from 'rxjs'
+
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
 import { copyTensor, type Feeds } from '../src/tensor/tensors.js'
 import { isVisualTokens, type BatchRow, type ErrorRecord, type VisualTokens } from '../src/records.js'
-import { modelStage, type ModelStageOperator, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
+import { modelStage, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
 
 export interface RouteToExpertsOptions extends ModelStageOptions {
   model: VisionLanguageModel
@@ -25,7 +27,7 @@ const isUnrefined = (record: unknown): record is VisualTokens => isVisualTokens(
  * @example
  * tokens$.pipe(routeToExperts({ model, metrics }))
  */
-export function routeToExperts<T extends { kind: string }>(options: RouteToExpertsOptions): ModelStageOperator<T, Exclude<T, VisualTokens> | VisualTokens | ErrorRecord> {
+export function routeToExperts<T extends { kind: string }>(options: RouteToExpertsOptions): OperatorFunction<T, Exclude<T, VisualTokens> | VisualTokens | ErrorRecord> {
   const { model } = options
   const name = 'routeToExperts'
   const plan = (rows: readonly BatchRow[]): StagePlan<VisualTokens> => ({

@@ -85,7 +85,7 @@ export interface ModelStage<In, Out> {
 }
 
 /** The operator of a model stage, with what `chainModelStages` needs to fuse it with its neighbours. */
-export type ModelStageOperator<T, R> = OperatorFunction<T, R> & { readonly [MODEL_STAGE]: FusibleStage }
+type ModelStageOperator<T, R> = OperatorFunction<T, R> & { readonly [MODEL_STAGE]: FusibleStage }
 
 const MODEL_STAGE = Symbol('evflow.modelStage')
 
@@ -281,10 +281,14 @@ function tensorBytesOf(record: unknown): number {
   return bytes
 }
 
-/** The operator of a model stage: `In` batches → output records, everything else passed through. */
-export function modelStage<T, In, Out>(stage: ModelStage<In, Out>, options: ModelStageOptions): ModelStageOperator<T, Exclude<T, In> | Out | ErrorRecord>
+/**
+ * The operator of a model stage: `In` batches → output records, everything else passed through. Typed as a
+ * plain `OperatorFunction` (so that `pipe` infers the record types around it); it carries what
+ * `chainModelStages` needs to fuse it with its neighbours.
+ */
+export function modelStage<T, In, Out>(stage: ModelStage<In, Out>, options: ModelStageOptions): OperatorFunction<T, Exclude<T, In> | Out | ErrorRecord>
 /** The same after `prelude` (which makes the stage's batches, e.g. by opening `batchRecords` arrays). */
-export function modelStage<T, U, In, Out>(stage: ModelStage<In, Out>, options: ModelStageOptions, prelude: OperatorFunction<T, U>): ModelStageOperator<T, Exclude<U, In> | Out | ErrorRecord>
+export function modelStage<T, U, In, Out>(stage: ModelStage<In, Out>, options: ModelStageOptions, prelude: OperatorFunction<T, U>): OperatorFunction<T, Exclude<U, In> | Out | ErrorRecord>
 export function modelStage<In, Out>(stage: ModelStage<In, Out>, options: ModelStageOptions, prelude?: OperatorFunction<unknown, unknown>): ModelStageOperator<unknown, unknown> {
   const fusible: FusibleStage = { stage, options, ...(prelude ? { prelude } : {}) }
   const operator = engine<unknown, In, Out>([fusible])
