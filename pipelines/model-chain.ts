@@ -17,7 +17,9 @@ import { resampleTokens } from '../operators/resample-tokens.js'
 import { routeToExperts } from '../operators/route-to-experts.js'
 import { int, mebibytes, type PipelineFlag, type StageContext } from './definition.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/vision-language-model.js'
-import { chainModelStages } from '../operators/internal/model-stage.js'
+import { chainModelStages } from '../operators/chain-model-stages.js'
+import { decoderSpecOf } from '../src/model/generate.js'
+import { stepBytes, type ThreadStep } from '../src/model/steps.js'
 import type { DecodedImage, ErrorRecord, GeneratedText, ShardNotice, VisualTokens } from '../src/records.js'
 
 /** Decode limits: they decide which rows become error rows, so they decide the output. */
@@ -133,9 +135,46 @@ export function openModel(config: ModelConfig): VisionLanguageModel {
 /** decode → batch: images decoded as the model's manifest says (size, resize, mean, std), in batches. */
 type DecodedBatch = (DecodedImage | ErrorRecord | ShardNotice)[]
 
-function decodeStages(config: ModelConfig, model: VisionLanguageModel, context: StageContext): OperatorFunction<ShardRecord, DecodedBatch> {
+/**
+ * The most bytes the model's tensors take for one row of `frames` frames in the chain's inference-thread
+ * task (the largest step, `stepBytes`): a row's weight when batching by weight. `generation`: the text
+ * stages too (cross-attention memory, one sample per row, a 16-token prompt for questions); without it the
+ * vision stages only (`embed`).
+ */
+export function rowBytes(model: VisionLanguageModel, frames: number, generation?: GenerationConfig & { questions: boolean }): number {
+  const { manifest } = model
+  const dims = manifest.dims
+  const kept = Math.min(frames, dims.max_frames)
+  const steps: ThreadStep[] = [
+    { kind: 'vit', stage: '', graph: '', norms: [{ frames: kept, mean: [0, 0, 0], std: [1, 1, 1] }] },
+    { kind: 'resample', stage: '', graph: '' },
+    { kind: 'route', stage: '', router: '', experts: '', topK: manifest.experts.top_k },
+  ]
+  if (generation) {
+    steps.push({ kind: 'cross-attend', stage: '', graph: '', frames: [kept] })
+    const prompt = new Array<number>(manifest.prompts.caption.length + (generation.questions ? 16 : 0)).fill(0)
+    const params = { maxNewTokens: generation.maxNewTokens, minNewTokens: manifest.generation.min_new_tokens ?? 0, beams: generation.beams, lengthPenalty: 1 }
+    steps.push({ kind: 'generate', stage: '', graph: '', samples: [{ memoryRow: 0, prompt }], params, batching: { slots: generation.slots, continuous: generation.continuous }, decoder: decoderSpecOf(manifest) })
+  }
+  return Math.max(...steps.map((step) => stepBytes(step, dims, [kept])))
+}
+
+/**
+ * decode → batch, the batches cut by weight as well as by size (Beam's `max_batch_weight`): with the run's
+ * byte budget, a batch holds at most budget / (inference threads + 2) bytes of the model's tensors, so that
+ * the batches running and waiting and the rows being decoded fit in it (at base size, about 17 images per
+ * batch with the default 512 MiB and one inference thread; on the tiny model `batchSize` decides).
+ */
+function decodeStages(config: ModelConfig, model: VisionLanguageModel, context: StageContext, generation?: GenerationConfig & { questions: boolean }): OperatorFunction<ShardRecord, DecodedBatch> {
   const { preprocessing } = model.manifest
   const { metrics } = context
+  const weights = new Map<number, number>()
+  const weigh = (record: DecodedImage | ErrorRecord | ShardNotice): number => {
+    if (record.kind !== 'decoded-image') return 0
+    let bytes = weights.get(record.frames)
+    if (bytes === undefined) weights.set(record.frames, (bytes = rowBytes(model, record.frames, generation)))
+    return bytes
+  }
   return pipe(
     decodeImages<ShardRecord>({
       size: preprocessing.size,
@@ -147,7 +186,14 @@ function decodeStages(config: ModelConfig, model: VisionLanguageModel, context: 
       concurrency: config.concurrency,
       metrics,
     }),
-    batchRecords<DecodedImage | ErrorRecord | ShardNotice>({ maxSize: config.batchSize, maxWaitMs: config.maxWaitMs, metrics }),
+    batchRecords<DecodedImage | ErrorRecord | ShardNotice>({
+      maxSize: config.batchSize,
+      maxWaitMs: config.maxWaitMs,
+      metrics,
+      ...(context.inFlight
+        ? { maxWeight: context.inFlight.maxBytes / (model.inferenceThreads + 2), weigh }
+        : {}),
+    }),
   )
 }
 
@@ -186,7 +232,7 @@ export function textStages(
   const { metrics, inFlight } = context
   const shared = { model, metrics, ...(inFlight ? { inFlight } : {}) }
   return pipe(
-    decodeStages(config, model, context),
+    decodeStages(config, model, context, { ...config, questions: questions !== undefined }),
     chainModelStages<DecodedBatch, GeneratedText | ErrorRecord | ShardNotice>(
       ...visionOperators(model, context),
       crossAttend(shared),

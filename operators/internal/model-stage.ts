@@ -11,8 +11,8 @@
  * `release` on complete, error or unsubscribe: the last release stops the inference pool and frees every
  * ONNX Runtime session).
  *
- * `chainModelStages(a, b, c, ...)` composes model operators into one operator whose batches run every
- * stage's step in **one** task: the tensors between the stages never leave the inference thread (no round
+ * `fuseModelStages` (the engine of the public `chainModelStages`) composes model operators into one operator
+ * whose batches run every stage's step in **one** task: the tensors between the stages never leave the inference thread (no round
  * trip through the main thread, no copy per stage), and only the last stage's outputs come back. Its output
  * records are exactly those of the operators piped one after the other (same records, same error rows; only
  * the order in which a batch's error rows and results are emitted can differ, which the sink undoes).
@@ -301,20 +301,11 @@ export function isModelStageOperator(value: unknown): value is ModelStageOperato
 }
 
 /**
- * Composes model operators so that each batch runs all of their stages in **one** inference-thread task:
- * the tensors between them stay in the thread (no transfer back to the main thread and out again, no copy
- * per stage), and only the last operator's outputs come back. The result is the same records as
- * `pipe(a, b, c, ...)` (byte-identical tensors and texts, the same error rows); records the stages do not
- * take pass around. The operators must be model operators of one model (`extractVitFeatures`,
- * `resampleTokens`, `routeToExperts`, `crossAttend`, `decodeText`), each taking what the one before makes;
- * the first one's options (`concurrency`, `inFlight`) apply to the chain, each one's `metrics` to its own
- * counters. Throws `PipelineConfigError` otherwise.
- *
- * @example
- * decoded$.pipe(batchRecords({ maxSize: 32 }), chainModelStages(extractVitFeatures({ model }), resampleTokens({ model }),
- *   routeToExperts({ model }), crossAttend({ model }), decodeText({ model })))
+ * One operator running the stages of `operators` (model operators of one model, each taking what the one
+ * before makes) as one task per batch; see `chainModelStages` (operators/chain-model-stages.ts), the public
+ * combinator. Throws `PipelineConfigError` for anything else.
  */
-export function chainModelStages<T, R>(...operators: readonly OperatorFunction<any, any>[]): OperatorFunction<T, R> { // eslint-disable-line @typescript-eslint/no-explicit-any
+export function fuseModelStages<T, R>(operators: readonly OperatorFunction<any, any>[]): OperatorFunction<T, R> { // eslint-disable-line @typescript-eslint/no-explicit-any
   if (operators.length === 0) throw new PipelineConfigError('chainModelStages', 'needs at least one model operator')
   const stages = operators.map((op, i) => {
     if (!isModelStageOperator(op)) throw new PipelineConfigError('chainModelStages', `operator ${i + 1} is not a model operator`)

@@ -11,8 +11,9 @@
  * cache) are `reserve`d before the batch starts and freed when it ends. The reader admits a row only while
  * the rows' bytes plus the reservations leave room for it; a stage's reservation waits until it fits, except
  * that a stage with no reservation of its own always gets one (so every stage can make progress and nothing
- * deadlocks). The bytes in flight therefore stay within `maxBytes` plus at most one batch per model stage
- * (a batch that alone exceeds the budget still runs, one at a time).
+ * deadlocks). With the model stages chained in one task (`chainModelStages`), the bytes in flight therefore
+ * stay within `maxBytes` plus at most one batch (a batch that alone exceeds the budget still runs, one at a
+ * time); with them piped, rows admitted before the budget filled can still grow past it as they move on.
  */
 import { PipelineConfigError } from '../errors.js'
 import type { RowKey } from '../records.js'
