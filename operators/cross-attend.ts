@@ -1,10 +1,9 @@
 import type { OperatorFunction } from 'rxjs'
 
 import type { VisionLanguageModel } from '../src/model/vision-language-model.js'
-import { frameMask, packFrames } from '../src/tensor/frames.js'
-import { float32, float32Data, int64 } from '../src/tensor/tensors.js'
-import { isVisualTokens, type CrossMemory, type ErrorRecord, type VisualTokens } from '../src/records.js'
-import { modelStage, type ModelStageOptions } from './internal/model-stage.js'
+import { copyTensor, type Feeds } from '../src/tensor/tensors.js'
+import { isVisualTokens, type BatchRow, type CrossMemory, type ErrorRecord, type VisualTokens } from '../src/records.js'
+import { modelStage, type ModelStageOptions, type StagePlan } from './internal/model-stage.js'
 
 export interface CrossAttendOptions extends ModelStageOptions {
   model: VisionLanguageModel
@@ -18,30 +17,35 @@ export interface CrossAttendOptions extends ModelStageOptions {
  * `visual_tokens [N, L, Q, D]` → `xattn_k / xattn_v [B, n_layer, H, M, dh]`, `xattn_mask [B, M]`, M = F·Q.
  *
  * In → out: `VisualTokens` → `CrossMemory`, 1 → 1; everything else passes through. Unrefined tokens are
- * accepted (a model run without its experts). Errors: a failing run turns the batch's rows into error rows.
+ * accepted (a model run without its experts). Chains with the model operators around it
+ * (`chainModelStages`): the memory then stays in the inference thread for `decodeText`. Errors: a failing
+ * run turns the batch's rows into error rows.
  *
  * @example
  * refined$.pipe(crossAttend({ model }))
  */
 export function crossAttend<T extends { kind: string }>(options: CrossAttendOptions): OperatorFunction<T, Exclude<T, VisualTokens> | CrossMemory | ErrorRecord> {
   const { model } = options
-  return modelStage({
-    name: 'crossAttend',
-    model,
-    accepts: isVisualTokens,
-    rows: (batch) => batch.rows,
-    run: async (batch, metrics) => {
-      const [, l, q, d] = batch.visual_tokens.dims
-      const frames = batch.rows.map((row) => row.frames)
-      // Packing writes a new array (clips padded to the longest), which is transferred: the input record stays intact.
-      const packed = packFrames(float32Data(batch.visual_tokens, 'visual_tokens'), frames, l * q * d)
-      const { outputs, ms } = await model.pool().run(model.graph('xattn_kv'), {
-        visual_tokens: float32([frames.length, packed.frames, l, q, d], packed.data),
-        frame_mask: int64([frames.length, packed.frames], frameMask(frames, packed.frames)),
-      })
-      metrics?.add('compute_ms', ms)
-      const memory: CrossMemory = { kind: 'cross-memory', rows: batch.rows, xattn_k: outputs.xattn_k, xattn_v: outputs.xattn_v, xattn_mask: outputs.xattn_mask }
-      return [memory]
+  const name = 'crossAttend'
+  const plan = (rows: readonly BatchRow[]): StagePlan<CrossMemory> => ({
+    step: { kind: 'cross-attend', stage: name, graph: model.graph('xattn_kv'), frames: rows.map((row) => row.frames) },
+    refused: [],
+    rows,
+    build: (_, tensors) => [{ kind: 'cross-memory', rows, xattn_k: tensors.xattn_k, xattn_v: tensors.xattn_v, xattn_mask: tensors.xattn_mask }],
+  })
+  return modelStage(
+    {
+      name,
+      model,
+      accepts: isVisualTokens,
+      rows: (batch: VisualTokens) => batch.rows,
+      outputs: ['xattn_k', 'xattn_v', 'xattn_mask'],
+      // A copy crosses to the inference thread (transferring detaches it), where the frames are packed per
+      // row (a new array): the input record stays intact.
+      start: (batch: VisualTokens): { plan: StagePlan<CrossMemory>; inputs: Feeds } => ({ plan: plan(batch.rows), inputs: { visual_tokens: copyTensor(batch.visual_tokens) } }),
+      follow: plan,
+      count: (outcome, metrics) => metrics.add('compute_ms', outcome.ms),
     },
-  }, options)
+    options,
+  )
 }

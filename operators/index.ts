@@ -9,3 +9,4 @@ export { routeToExperts, type RouteToExpertsOptions } from './route-to-experts.j
 export { crossAttend, type CrossAttendOptions } from './cross-attend.js'
 export { decodeText, type DecodeTextOptions } from './decode-text.js'
 export { poolEmbeddings, type PoolEmbeddingsOptions } from './pool-embeddings.js'
+export { chainModelStages } from './chain-model-stages.js'

@@ -13,10 +13,13 @@ import type { OutputColumn } from '../src/parquet/output-schema.js'
 import type { ColumnSummary } from '../src/parquet/schema.js'
 import type { ShardColumns } from '../src/parquet/shards.js'
 import type { ErrorRecord, KeyedRecord, ShardNotice } from '../src/records.js'
+import type { InFlight } from '../src/engine/in-flight.js'
 import type { RunMetrics } from '../src/engine/metrics.js'
 
 export interface StageContext {
   readonly metrics: RunMetrics
+  /** The run's in-flight bound, shared by the reader, the model stages (batches reserve their tensors' bytes) and the sink. */
+  readonly inFlight?: InFlight
 }
 
 /** A planned input shard's schema, as the planning checks see it. */

@@ -18,12 +18,14 @@ import { routeToExperts } from '../operators/route-to-experts.js'
 import { bytes, int, mebibytes, type PipelineFlag, type StageContext } from './definition.js'
 import { PipelineConfigError } from '../src/errors.js'
 import { DEFAULT_IMAGE_DECODE } from '../src/image/decode.js'
-import { textConfidence } from '../src/model/generate.js'
+import { decoderSpecOf, textConfidence } from '../src/model/generate.js'
 import { readManifest } from '../src/model/manifest.js'
 import { outOfVocabularyMessage, unknownWordsOf } from '../src/model/prompts.js'
 import { bundledModelDir, modelFingerprint, VisionLanguageModel } from '../src/model/vision-language-model.js'
 import type { OutputColumn } from '../src/parquet/output-schema.js'
-import type { ErrorRecord, GeneratedText, Generation, ShardNotice, VisualTokens } from '../src/records.js'
+import { chainModelStages } from '../operators/chain-model-stages.js'
+import { stepBytes, type ThreadStep } from '../src/model/steps.js'
+import type { DecodedImage, ErrorRecord, GeneratedText, Generation, ShardNotice, VisualTokens } from '../src/records.js'
 
 /** Decode limits: they decide which rows become error rows, so they decide the output. */
 export const decodeLimitsShape = {
@@ -43,10 +45,10 @@ export const modelEngineShape = {
   batchSize: z.number().int().min(1).max(4096),
   /** Longest a partial batch waits for more rows, in ms. */
   maxWaitMs: z.number().min(0).max(60_000),
-  /** Inference threads (each with its own ONNX Runtime sessions). */
-  inferenceThreads: z.number().int().min(1).max(256),
-  /** ONNX Runtime intra-op threads per session. */
-  intraOpThreads: z.number().int().min(1).max(256),
+  /** Inference threads (each with its own ONNX Runtime sessions). Absent: chosen from the model's size (`threadPlan`). */
+  inferenceThreads: z.number().int().min(1).max(256).optional(),
+  /** ONNX Runtime intra-op threads per session. Absent: chosen from the model's size (`threadPlan`). */
+  intraOpThreads: z.number().int().min(1).max(256).optional(),
   /** Execution provider. */
   provider: z.enum(['cpu', 'webgpu', 'cuda']),
   /** Fail instead of falling back to CPU when the provider cannot start. */
@@ -71,8 +73,6 @@ export function modelDefaults(): ModelConfig {
     // The model is the bottleneck: waiting for full batches costs nothing, and partial batches measured
     // 25% slower (batch 8 vs 32, docs/benchmarks.md). The last batch of a run is flushed at once.
     maxWaitMs: 250,
-    inferenceThreads: availableParallelism(),
-    intraOpThreads: 1,
     provider: 'cpu',
     strictProvider: false,
     concurrency: 2 * availableParallelism(),
@@ -84,8 +84,20 @@ export function modelDefaults(): ModelConfig {
 export const modelFlags: readonly PipelineFlag[] = [
   { flags: '--model <dir>', description: 'model package folder', key: 'model', defaultText: 'the bundled evlm-tiny' },
   { flags: '--batch-size <n>', description: 'images per model batch', key: 'batchSize', parse: int },
-  { flags: '--inference-threads <n>', description: 'inference threads, each with its own ONNX Runtime sessions', key: 'inferenceThreads', parse: int, defaultText: 'the number of cores' },
-  { flags: '--intra-op-threads <n>', description: 'ONNX Runtime intra-op threads per session', key: 'intraOpThreads', parse: int },
+  {
+    flags: '--inference-threads <n>',
+    description: 'inference threads, each with its own ONNX Runtime sessions',
+    key: 'inferenceThreads',
+    parse: int,
+    defaultText: 'the number of cores; 1 for a model over 256 MiB of weights',
+  },
+  {
+    flags: '--intra-op-threads <n>',
+    description: 'ONNX Runtime intra-op threads per session',
+    key: 'intraOpThreads',
+    parse: int,
+    defaultText: '1; the cores shared by the inference threads for a model over 256 MiB',
+  },
   { flags: '--provider <name>', description: 'execution provider: cpu, webgpu or cuda', key: 'provider' },
   { flags: '--strict-provider', description: 'fail instead of falling back to cpu when the provider cannot start', key: 'strictProvider' },
   { flags: '--concurrency <n>', description: 'images decoded at once', key: 'concurrency', parse: int, defaultText: 'twice the number of cores' },
@@ -144,8 +156,8 @@ export function openModel(config: ModelConfig): VisionLanguageModel {
   let model = models.get(config)
   if (!model) {
     model = new VisionLanguageModel(config.model, {
-      inferenceThreads: config.inferenceThreads,
-      intraOpThreads: config.intraOpThreads,
+      ...(config.inferenceThreads === undefined ? {} : { inferenceThreads: config.inferenceThreads }),
+      ...(config.intraOpThreads === undefined ? {} : { intraOpThreads: config.intraOpThreads }),
       provider: config.provider,
       strictProvider: config.strictProvider,
     })
@@ -198,17 +210,49 @@ function finishReason(generation: Generation): 'stop' | 'length' {
   return generation.finish === 'eos' ? 'stop' : 'length'
 }
 
+/** decode → batch: images decoded as the model's manifest says (size, resize, mean, std), in batches. */
+type DecodedBatch = (DecodedImage | ErrorRecord | ShardNotice)[]
+
 /**
- * decode → batch → ViT features → resampled tokens → experts: refined `VisualTokens` batches. Images are
- * decoded as the model's manifest says (size, resize, mean, std).
+ * The most bytes the model's tensors take for one row of `frames` frames in the chain's inference-thread
+ * task (the largest step, `stepBytes`): a row's weight when batching by weight. `generation`: the text
+ * stages too (cross-attention memory, one sample per row, a 16-token prompt for questions); without it the
+ * vision stages only (`embed`).
  */
-export function visionStages(
-  config: ModelConfig,
-  model: VisionLanguageModel,
-  context: StageContext,
-): OperatorFunction<ShardRecord, VisualTokens | ErrorRecord | ShardNotice> {
+export function rowBytes(model: VisionLanguageModel, frames: number, generation?: GenerationConfig & { questions: boolean }): number {
+  const { manifest } = model
+  const dims = manifest.dims
+  const kept = Math.min(frames, dims.max_frames)
+  const steps: ThreadStep[] = [
+    { kind: 'vit', stage: '', graph: '', norms: [{ frames: kept, mean: [0, 0, 0], std: [1, 1, 1] }] },
+    { kind: 'resample', stage: '', graph: '' },
+    { kind: 'route', stage: '', router: '', experts: '', topK: manifest.experts.top_k },
+  ]
+  if (generation) {
+    steps.push({ kind: 'cross-attend', stage: '', graph: '', frames: [kept] })
+    const prompt = new Array<number>(manifest.prompts.caption.length + (generation.questions ? 16 : 0)).fill(0)
+    const params = { maxNewTokens: generation.maxNewTokens, minNewTokens: manifest.generation.min_new_tokens ?? 0, beams: generation.beams, lengthPenalty: 1 }
+    steps.push({ kind: 'generate', stage: '', graph: '', samples: [{ memoryRow: 0, prompt }], params, batching: { slots: generation.slots, continuous: generation.continuous }, decoder: decoderSpecOf(manifest) })
+  }
+  return Math.max(...steps.map((step) => stepBytes(step, dims, [kept])))
+}
+
+/**
+ * decode → batch, the batches cut by weight as well as by size (Beam's `max_batch_weight`): with the run's
+ * byte budget, a batch holds at most budget / (inference threads + 2) bytes of the model's tensors, so that
+ * the batches running and waiting and the rows being decoded fit in it (at base size, about 17 images per
+ * batch with the default 512 MiB and one inference thread; on the tiny model `batchSize` decides).
+ */
+function decodeStages(config: ModelConfig, model: VisionLanguageModel, context: StageContext, generation?: GenerationConfig & { questions: boolean }): OperatorFunction<ShardRecord, DecodedBatch> {
   const { preprocessing } = model.manifest
   const { metrics } = context
+  const weights = new Map<number, number>()
+  const weigh = (record: DecodedImage | ErrorRecord | ShardNotice): number => {
+    if (record.kind !== 'decoded-image') return 0
+    let bytes = weights.get(record.frames)
+    if (bytes === undefined) weights.set(record.frames, (bytes = rowBytes(model, record.frames, generation)))
+    return bytes
+  }
   return pipe(
     decodeImages<ShardRecord>({
       size: preprocessing.size,
@@ -223,31 +267,63 @@ export function visionStages(
       concurrency: config.concurrency,
       metrics,
     }),
-    batchRecords({ maxSize: config.batchSize, maxWaitMs: config.maxWaitMs, metrics }),
-    extractVitFeatures({ model, metrics }),
-    resampleTokens({ model, metrics }),
-    routeToExperts({ model, metrics }),
+    batchRecords<DecodedImage | ErrorRecord | ShardNotice>({
+      maxSize: config.batchSize,
+      maxWaitMs: config.maxWaitMs,
+      metrics,
+      ...(context.inFlight
+        ? { maxWeight: context.inFlight.maxBytes / (model.inferenceThreads + 2), weigh }
+        : {}),
+    }),
   )
 }
 
-/** The whole text path: `visionStages` → cross-attention memory → generated text (captions, or answers to `questions`). */
+/** The vision operators: ViT features → resampled tokens → experts (refined `VisualTokens`). */
+function visionOperators(model: VisionLanguageModel, context: StageContext) {
+  const { metrics, inFlight } = context
+  const shared = { model, metrics, ...(inFlight ? { inFlight } : {}) }
+  return [extractVitFeatures<DecodedImage | ErrorRecord | ShardNotice>(shared), resampleTokens(shared), routeToExperts(shared)] as const
+}
+
+/**
+ * decode → batch → ViT features → resampled tokens → experts: refined `VisualTokens` batches. The model
+ * stages run as one inference-thread task per batch (`chainModelStages`): only the pixels go to the thread
+ * and only the refined tokens come back.
+ */
+export function visionStages(
+  config: ModelConfig,
+  model: VisionLanguageModel,
+  context: StageContext,
+): OperatorFunction<ShardRecord, VisualTokens | ErrorRecord | ShardNotice> {
+  return pipe(decodeStages(config, model, context), chainModelStages<DecodedBatch, VisualTokens | ErrorRecord | ShardNotice>(...visionOperators(model, context)))
+}
+
+/**
+ * The whole text path: decode → batch → ViT features → resampled tokens → experts → cross-attention memory →
+ * generated text (captions, or answers to `questions`). The five model stages run as one inference-thread
+ * task per batch (`chainModelStages`): the pixels go to the thread, the generated tokens come back, and the
+ * taps, visual tokens and cross-attention memory never leave it.
+ */
 export function textStages(
   config: ModelConfig & GenerationConfig,
   context: StageContext,
   questions?: DecodeTextOptions['questions'],
 ): OperatorFunction<ShardRecord, GeneratedText | ErrorRecord | ShardNotice> {
   const model = openModel(config)
-  const { metrics } = context
+  const { metrics, inFlight } = context
+  const shared = { model, metrics, ...(inFlight ? { inFlight } : {}) }
   return pipe(
-    visionStages(config, model, context),
-    crossAttend({ model, metrics }),
-    decodeText({
-      model,
-      metrics,
-      ...(questions ? { questions } : {}),
-      generation: { maxNewTokens: config.maxNewTokens, beams: config.beams },
-      slots: config.slots,
-      continuous: config.continuous,
-    }),
+    decodeStages(config, model, context, { ...config, questions: questions !== undefined }),
+    chainModelStages<DecodedBatch, GeneratedText | ErrorRecord | ShardNotice>(
+      ...visionOperators(model, context),
+      crossAttend(shared),
+      decodeText({
+        ...shared,
+        ...(questions ? { questions } : {}),
+        generation: { maxNewTokens: config.maxNewTokens, beams: config.beams },
+        slots: config.slots,
+        continuous: config.continuous,
+      }),
+    ),
   )
 }

@@ -46,7 +46,10 @@ export interface RunOptions extends ShardSelection, Omit<ShardColumns, 'requireI
   overwrite?: boolean
   /** Most records between reader and writer. Default 1024. */
   maxRecordsInFlight?: number
-  /** Most encoded bytes between reader and writer. Default 256 MiB. */
+  /**
+   * Most bytes in flight between reader and writer: the rows' data (encoded images, then their share of the
+   * model's tensors) and the tensors of the model batches running (see `InFlight`). Default 512 MiB.
+   */
   maxBytesInFlight?: number
   /** Take the output folder lock. Default true (distributed workers share a folder and pass false). */
   lock?: boolean
@@ -139,7 +142,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
   const startedAt = new Date()
   const layout = outputLayout(options.outDir)
   const { stored, hash, output } = runConfig(definition as unknown as PipelineDefinition, config, options)
-  const inFlight = new InFlight({ maxRecords: options.maxRecordsInFlight ?? 1024, maxBytes: options.maxBytesInFlight ?? 256 * 1024 * 1024 })
+  const inFlight = new InFlight({ maxRecords: options.maxRecordsInFlight ?? 1024, ...(options.maxBytesInFlight === undefined ? {} : { maxBytes: options.maxBytesInFlight }) })
   const metrics = new RunMetrics()
   const readOptions = {
     ...mergeReadColumns(definition.read(config), options),
@@ -209,7 +212,7 @@ export async function runPipeline<C extends object, R extends KeyedRecord>(
       options.signal?.addEventListener('abort', onAbort, { once: true })
       subscription = readShards(pending, { ...readOptions, inFlight, metrics })
         .pipe(
-          definition.stages(config, { metrics }),
+          definition.stages(config, { metrics, inFlight }),
           tap((record: R | ErrorRecord | ShardNotice) => {
             if (record.kind === 'error') {
               const code = (record as ErrorRecord).code

@@ -35,7 +35,7 @@ export const EXIT = {
   interrupted: exitCodeOf('RunInterruptedError'),
 } as const
 
-const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'overwrite', 'readTimeoutMs', 'readMemoryMb'] as const
+const RUN_KEYS = ['imageColumn', 'idColumn', 'keep', 'rows', 'rowGroups', 'limit', 'maxRecordsInFlight', 'maxBytesInFlight', 'overwrite', 'readTimeoutMs', 'readMemoryMb'] as const
 
 /** After the first Ctrl-C / SIGTERM, the process ends by this deadline whatever is still running. */
 const SIGNAL_DEADLINE_MS = 2500
@@ -54,6 +54,7 @@ const runSchema = z.looseObject({
   /** 0 would commit empty shards: refused. */
   limit: z.number().int().min(1).optional(),
   maxRecordsInFlight: z.number().int().min(1).optional(),
+  maxBytesInFlight: z.number().int().min(1).optional(),
   overwrite: z.boolean().optional(),
 })
 
@@ -110,6 +111,7 @@ interface CommonFlags extends ReadBudgetFlags {
   overwrite?: boolean
   json?: boolean
   maxInFlight?: number
+  maxBytesInFlight?: number
   verbose?: boolean
   report?: boolean
 }
@@ -124,6 +126,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--overwrite', 'redo shards that are already committed')
     .option('--json', 'JSON lines on stdout (start, progress, shard, summary) instead of the progress display')
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
+    .option('--max-bytes-in-flight <n>', "most bytes held by the rows in flight and the model's batches (default 512 MiB)", positiveInt)
     .option('--verbose', 'print stacks on errors')
     .option('--report', 'at the end, write an HTML report to <out>/_evflow/report.html (see evflow report)')
   addReadBudgetOptions(command)
@@ -152,6 +155,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
       limit: flags.limit,
       overwrite: flags.overwrite,
       maxRecordsInFlight: flags.maxInFlight,
+      maxBytesInFlight: flags.maxBytesInFlight,
       readTimeoutMs: flags.readTimeout,
       readMemoryMb: flags.readMemory,
     }

@@ -305,51 +305,9 @@ async function decodeFast(bytes: Uint8Array, header: ImageHeader, options: Image
   return { info, pixels, width: options.width, height: options.height }
 }
 
-/**
- * Normalises `frames` HWC uint8 RGB images of `width × height` into CHW float32 at `out[offset...]`:
- * `(v / 255 - mean[c]) / std[c]`, one lookup per value. This is where pixels become `pixel_values`: the
- * caller writes straight into a batch tensor, so there is no per-image float copy.
- */
-export function writePixelValues(
-  hwc: Uint8Array,
-  width: number,
-  height: number,
-  frames: number,
-  mean: readonly number[],
-  std: readonly number[],
-  out: Float32Array,
-  offset = 0,
-): void {
-  const plane = width * height
-  if (hwc.length !== frames * plane * 3) throw new RangeError(`expected ${frames * plane * 3} pixel bytes, got ${hwc.length}`)
-  if (offset + frames * plane * 3 > out.length) throw new RangeError('pixel_values target too small')
-  const table = new Float32Array(3 * 256)
-  for (let c = 0; c < 3; c++) for (let v = 0; v < 256; v++) table[c * 256 + v] = (v / 255 - mean[c]) / std[c]
-  for (let f = 0; f < frames; f++) {
-    const src = f * plane * 3
-    const dst = offset + f * plane * 3
-    for (let i = 0; i < plane; i++) {
-      const s = src + i * 3
-      out[dst + i] = table[hwc[s]]
-      out[dst + plane + i] = table[256 + hwc[s + 1]]
-      out[dst + 2 * plane + i] = table[512 + hwc[s + 2]]
-    }
-  }
-}
-
-/** `pixel_values` of one decoded record: `[F, 3, H, W]` float32 (`[3, H, W]` for an image). */
-export function pixelValues(record: {
-  readonly pixels: Uint8Array
-  readonly width: number
-  readonly height: number
-  readonly frames: number
-  readonly mean: readonly number[]
-  readonly std: readonly number[]
-}): Float32Array {
-  const out = new Float32Array(record.pixels.length)
-  writePixelValues(record.pixels, record.width, record.height, record.frames, record.mean, record.std, out)
-  return out
-}
+// Normalising pixels into `pixel_values` is a pure tensor function (src/tensor/pixels.ts): inference threads
+// run it without loading sharp. Re-exported here, where the decoded records come from.
+export { pixelValues, writePixelValues } from '../tensor/pixels.js'
 
 function bitDepth(depth: string | undefined): number {
   switch (depth) {

@@ -36,6 +36,12 @@ export interface GenerationParams {
   readonly beams: number
   /** Beam search: hypothesis score = logprob / length ** lengthPenalty. */
   readonly lengthPenalty: number
+  /**
+   * Fewest generated tokens per sample (Hugging Face's `min_new_tokens`): until a sample has this many, its
+   * end token's logit counts as -∞. = `maxNewTokens`: every text has exactly that length (fixed-length
+   * generation, for benchmarks). Absent: 0.
+   */
+  readonly minNewTokens?: number
 }
 
 /** How the loop batches sequences: speed only, never the tokens. */
@@ -119,6 +125,11 @@ export interface GenerationStats {
   readonly tokens: number
   /** Milliseconds inside the decoder. */
   readonly decoderMs: number
+  /**
+   * Most bytes of tensors the loop held at once beside the memory it was given: a decoder run's feeds (the
+   * KV cache, memory rows gathered for a subset of the samples, ids and masks) and its outputs.
+   */
+  readonly peakBytes: number
 }
 
 export interface DecoderOutputs {
@@ -138,13 +149,18 @@ export function validateGeneration(params: GenerationParams, batching: BatchingO
     if (!Number.isInteger(value) || value < min) throw new PipelineConfigError(field, `must be an integer >= ${min}, got ${value}`)
   }
   integer('maxNewTokens', params.maxNewTokens, 1)
+  if (params.minNewTokens !== undefined) integer('minNewTokens', params.minNewTokens, 0)
   integer('beams', params.beams, 1)
   integer('slots', batching.slots, 1)
   if (!Number.isFinite(params.lengthPenalty)) throw new PipelineConfigError('lengthPenalty', `must be a finite number, got ${params.lengthPenalty}`)
 }
 
-/** Rows `rows` of `memory`, gathered into a contiguous batch. */
+/**
+ * Rows `rows` of `memory`, gathered into a contiguous batch: the memory itself (no copy) when `rows` are
+ * all of its rows in order, else a copy.
+ */
 export function gatherMemory(memory: MemoryTensors, rows: readonly number[]): Feeds {
+  if (rows.length === memory.xattn_k.dims[0] && rows.every((row, i) => row === i)) return { xattn_k: memory.xattn_k, xattn_v: memory.xattn_v, xattn_mask: memory.xattn_mask }
   const pick = (t: TensorData): TensorData => {
     const per = elementCount(t.dims.slice(1))
     const src = t.data as Float32Array
@@ -205,14 +221,21 @@ export async function generate(
 ): Promise<{ sequences: GeneratedSequence[]; stats: GenerationStats }> {
   validateGeneration(params, batching)
   if (!Number.isInteger(decoder.maxPositions) || decoder.maxPositions < 2) throw new ModelUsageError(`generate: maxPositions must be an integer >= 2, got ${decoder.maxPositions}`)
-  const search = { beams: params.beams, lengthPenalty: params.lengthPenalty, eos: decoder.eos }
+  const search = { beams: params.beams, lengthPenalty: params.lengthPenalty, eos: decoder.eos, minNewTokens: params.minNewTokens ?? 0 }
   const results: (GeneratedSequence | undefined)[] = new Array(samples.length)
-  const stats = { decoderRuns: 0, rowSteps: 0, tokens: 0, decoderMs: 0 }
+  const stats = { decoderRuns: 0, rowSteps: 0, tokens: 0, decoderMs: 0, peakBytes: 0 }
+  const given = new Set<unknown>([memory.xattn_k.data, memory.xattn_v.data, memory.xattn_mask.data])
+  const bytesOf = (tensors: Iterable<TensorData>) => {
+    let bytes = 0
+    for (const t of tensors) if (!given.has(t.data)) bytes += t.data.byteLength
+    return bytes
+  }
   const waiting = sequencesOf(samples, memory.xattn_k.dims[0], params.maxNewTokens, decoder.maxPositions).reverse() // pop() takes the next
 
   const run = async (feeds: Feeds): Promise<DecoderOutputs> => {
     const began = performance.now()
     const out = await runDecoder(feeds)
+    stats.peakBytes = Math.max(stats.peakBytes, bytesOf(Object.values(feeds)) + bytesOf(Object.values(out)))
     stats.decoderMs += performance.now() - began
     stats.decoderRuns += 1
     stats.rowSteps += feeds.input_ids.dims[0]

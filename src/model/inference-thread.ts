@@ -1,15 +1,15 @@
 /**
  * An inference thread (a piscina worker thread). It holds one ONNX Runtime session per graph, created on
  * first use and kept for the thread's life (destroying the pool ends the thread), and runs the tasks
- * `InferencePool` sends: `run` (one graph), `route` (router + experts, one sparse dispatch) and `generate`
- * (a batch's whole generation loop). Tensors arrive and leave as transferred ArrayBuffers. onnxruntime-node
- * blocks its thread during `run`, which is why this is not the main thread.
+ * `InferencePool` sends: `run` (one graph) and `steps` (the thread-side steps of one or more consecutive
+ * model stages on one batch, see steps.ts: the tensors stay here between them). Tensors arrive and leave as
+ * transferred ArrayBuffers. onnxruntime-node blocks its thread during `run`, which is why this is not the
+ * main thread.
  */
 import type * as ort from 'onnxruntime-node'
 import { move, transferableSymbol, valueSymbol } from 'piscina'
 
-import { dispatchToExperts } from './experts.js'
-import { generate, type BatchingOptions, type DecoderSpec, type GenerationParams, type GenerationSample, type GenerationStats, type GeneratedSequence, type MemoryTensors } from './generate.js'
+import { StepFailure, runSteps, type StepOutcome, type ThreadStep } from './steps.js'
 import { buffersOf, describeTensor, type Feeds, type TensorData } from '../tensor/tensors.js'
 
 export type ExecutionProvider = 'cpu' | 'webgpu' | 'cuda'
@@ -20,6 +20,8 @@ export interface SessionSpec {
   readonly provider: ExecutionProvider
   readonly strictProvider: boolean
   readonly intraOpNumThreads: number
+  /** ONNX Runtime's CPU memory arena (`enableCpuMemArena`). */
+  readonly memoryArena: boolean
 }
 
 export interface RunTask {
@@ -30,44 +32,29 @@ export interface RunTask {
   readonly outputs?: readonly string[]
 }
 
-/** Router + experts on `tokens [N, D]`: one sparse dispatch (see experts.ts). */
-export interface RouteTask {
-  readonly kind: 'route'
-  readonly router: SessionSpec
-  readonly experts: SessionSpec
-  readonly tokens: TensorData
-  readonly topK: number
+/** The steps of one or more consecutive model stages on one batch (see steps.ts). */
+export interface StepsTask {
+  readonly kind: 'steps'
+  /** How sessions are opened (the graphs are named by the steps). */
+  readonly session: Omit<SessionSpec, 'path'>
+  readonly steps: readonly ThreadStep[]
+  /** The tensors the first step reads. */
+  readonly inputs: Feeds
+  /** The tensors sent back (the last stage's outputs a caller reads). */
+  readonly returns: readonly string[]
 }
 
-export interface RouteResult {
-  readonly refined: TensorData
-  readonly load: number[]
+export interface StepsResult {
+  readonly outcomes: StepOutcome[]
+  readonly outputs: Record<string, TensorData>
+  /** Most bytes of tensors the task held at once. */
+  readonly peakBytes: number
   readonly provider: ExecutionProvider
   readonly warning?: string
   readonly ms: number
 }
 
-/** The whole generation loop of a batch (see generate.ts): one message per batch, not per token. */
-export interface GenerateTask {
-  readonly kind: 'generate'
-  /** The decoder graph's session. */
-  readonly session: SessionSpec
-  readonly memory: MemoryTensors
-  readonly samples: readonly GenerationSample[]
-  readonly params: GenerationParams
-  readonly batching: BatchingOptions
-  readonly decoder: DecoderSpec
-}
-
-export interface GenerateResult {
-  readonly sequences: GeneratedSequence[]
-  readonly stats: GenerationStats
-  readonly provider: ExecutionProvider
-  readonly warning?: string
-  readonly ms: number
-}
-
-export type ThreadTask = RunTask | RouteTask | GenerateTask
+export type ThreadTask = RunTask | StepsTask
 
 export interface RunResult {
   readonly outputs: Record<string, TensorData>
@@ -85,6 +72,8 @@ export interface ThreadFailure {
   readonly message: string
   /** No session could be created: nothing of this graph can run. */
   readonly fatal?: boolean
+  /** `steps` tasks: the index of the step that failed. */
+  readonly step?: number
 }
 
 interface OpenSession {
@@ -117,7 +106,7 @@ function onnxRuntime(): Promise<typeof ort> {
 }
 
 function keyOf(spec: SessionSpec): string {
-  return `${spec.path}|${spec.provider}|${spec.intraOpNumThreads}`
+  return `${spec.path}|${spec.provider}|${spec.intraOpNumThreads}|${spec.memoryArena}`
 }
 
 async function openSession(spec: SessionSpec): Promise<OpenSession> {
@@ -129,6 +118,13 @@ async function openSession(spec: SessionSpec): Promise<OpenSession> {
     intraOpNumThreads: spec.intraOpNumThreads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
+    // The arena keeps the most memory a run ever took, per session, for the thread's life: at base size that is
+    // the activations of the largest batch (about 1 GB at batch 32, docs/benchmarks.md); without it ONNX
+    // Runtime frees them after each run.
+    enableCpuMemArena: spec.memoryArena,
+    // Several intra-op threads: they wait for work sleeping, not spinning on a core that the main thread's
+    // decoding, the other inference threads or other processes need.
+    ...(spec.intraOpNumThreads > 1 ? { extra: { 'session.intra_op.allow_spinning': '0' } } : {}),
   })
   if (spec.provider === 'cpu') return { session: await ort.InferenceSession.create(spec.path, options('cpu')), provider: 'cpu' }
   try {
@@ -235,52 +231,27 @@ export async function runGraph(task: RunTask): Promise<RunResult | ThreadFailure
   }
 }
 
-export async function routeTokensTask(task: RouteTask): Promise<RouteResult | ThreadFailure> {
+export async function runStepsTask(task: StepsTask): Promise<StepsResult | ThreadFailure> {
   const started = performance.now()
+  let last: OpenSession | undefined
   try {
-    const specs = { router: task.router, experts: task.experts }
-    let last: OpenSession | undefined
-    const result = await dispatchToExperts(task.tokens, task.topK, async (graph, feeds) => {
-      const { outputs, open } = await runSession(specs[graph], feeds)
-      last = open
-      return outputs
+    const result = await runSteps(task.steps, task.inputs, task.returns, async (graph, feeds, outputs) => {
+      const run = await runSession({ ...task.session, path: graph }, feeds, outputs)
+      last = run.open
+      return run.outputs
     })
-    return { ...result, provider: last?.provider ?? task.router.provider, ...(last ? takeWarning(last) : {}), ms: performance.now() - started }
+    return { ...result, provider: last?.provider ?? task.session.provider, ...(last ? takeWarning(last) : {}), ms: performance.now() - started }
   } catch (error) {
-    return failure(error, task.router.path)
-  }
-}
-
-export async function generateTask(task: GenerateTask): Promise<GenerateResult | ThreadFailure> {
-  const started = performance.now()
-  try {
-    let last: OpenSession | undefined
-    const { sequences, stats } = await generate(task.memory, task.samples, task.params, task.batching, task.decoder, async (feeds) => {
-      const { outputs, open } = await runSession(task.session, feeds, ['logits', 'present_k', 'present_v'])
-      last = open
-      return { logits: outputs.logits, present_k: outputs.present_k, present_v: outputs.present_v }
-    })
-    return { sequences, stats, provider: last?.provider ?? task.session.provider, ...(last ? takeWarning(last) : {}), ms: performance.now() - started }
-  } catch (error) {
-    return failure(error, task.session.path)
+    if (!(error instanceof StepFailure)) return failure(error, task.steps[0]?.stage ?? 'steps')
+    const step = task.steps[error.step]
+    return { ...failure(error.cause, step.kind === 'route' ? step.router : step.graph), step: error.step }
   }
 }
 
 /** The piscina entry point. */
 export default async function handle(task: ThreadTask): Promise<unknown> {
-  switch (task.kind) {
-    case 'route': {
-      const result = await routeTokensTask(task)
-      if ('failed' in result) return result
-      return move({ [transferableSymbol]: buffersOf([result.refined]), [valueSymbol]: result } as never)
-    }
-    case 'generate':
-      return generateTask(task)
-    case 'run': {
-      const result = await runGraph(task)
-      if ('failed' in result) return result
-      // Transfer the output buffers to the main thread instead of copying them.
-      return move({ [transferableSymbol]: buffersOf(Object.values(result.outputs)), [valueSymbol]: result } as never)
-    }
-  }
+  const result = task.kind === 'steps' ? await runStepsTask(task) : await runGraph(task)
+  if ('failed' in result) return result
+  // Transfer the output buffers to the main thread instead of copying them.
+  return move({ [transferableSymbol]: buffersOf(Object.values(result.outputs)), [valueSymbol]: result } as never)
 }

@@ -106,12 +106,14 @@ export const manifestSchema = z.object({
   special_tokens: z.object({ pad: tokenId, bos: tokenId, eos: tokenId, unk: tokenId, sep: tokenId.optional() }),
   /** Prompt templates: `caption` (e.g. `["<bos>"]`) and `vqa` (e.g. `["<bos>", "{question}", "<sep>"]`). */
   prompts: z.object({ caption: template, vqa: template }).passthrough(),
-  generation: z.object({ max_new_tokens: positive, strategy: z.string() }).passthrough(),
+  /** Generation defaults; `min_new_tokens`: the end token is out of reach until a text has that many tokens (absent: 0). */
+  generation: z.object({ max_new_tokens: positive, strategy: z.string(), min_new_tokens: z.number().int().nonnegative().optional() }).passthrough(),
   graphs: z.record(z.string(), graphSpec),
   files: z.record(z.string(), z.object({ sha256, bytes: z.number().int().nonnegative().optional() })).optional(),
 }).passthrough()
 
 export type ModelManifest = z.infer<typeof manifestSchema>
+export type ModelDims = ModelManifest['dims']
 export type GraphSpec = z.infer<typeof graphSpec>
 
 /** A manifest read and validated, with what identifies the model. */

@@ -56,6 +56,16 @@ function fileSha256(path: string): Promise<string> {
   })
 }
 
+/**
+ * The settings of a Hugging Face tokenizer that the manifest's `tokenizer` may carry (those of a
+ * `tokenizer_config.json`): `clean_up_tokenization_spaces` (the library's default, true, rewrites `" ."` to
+ * `"."` when decoding, which a byte-level tokenizer's own decoder does not do).
+ */
+function hfTokenizerConfig(tokenizer: ModelManifest['tokenizer']): Record<string, unknown> {
+  const cleanUp = tokenizer.clean_up_tokenization_spaces
+  return typeof cleanUp === 'boolean' ? { clean_up_tokenization_spaces: cleanUp } : {}
+}
+
 /** Reads the manifest of `dir` and opens the package (see `openModelPackage`). */
 export async function loadModelPackage(dir: string, options: LoadModelOptions = {}): Promise<ModelPackage> {
   return openModelPackage(readManifest(dir, options), options)
@@ -85,7 +95,7 @@ export async function openModelPackage(file: ManifestFile, options: Pick<LoadMod
           splitPunctuation: manifest.tokenizer.split_punctuation ?? [],
           ...(manifest.tokenizer.unknown ? { unknown: manifest.tokenizer.unknown } : {}),
         })
-      : new HfTokenizer(JSON.parse(tokenizerText))
+      : new HfTokenizer(JSON.parse(tokenizerText), hfTokenizerConfig(manifest.tokenizer))
   if (tokenizer.vocabSize !== manifest.dims.vocab_size) {
     throw new ModelManifestError('dims.vocab_size', `is ${manifest.dims.vocab_size} but ${manifest.tokenizer.file} has ${tokenizer.vocabSize} tokens`)
   }

@@ -10,6 +10,10 @@
  *
  * Every chosen token carries its log-probability (its log-softmax under the row's own logits), greedy or
  * beam: a hypothesis's `logprobs` are those of its own tokens, so their sum is its unnormalised score.
+ *
+ * `minNewTokens` (Hugging Face's `min_new_tokens`): while a beam has generated fewer tokens, its end token's
+ * logit counts as -∞ (before the log-softmax, so the other tokens' probabilities are renormalised without it):
+ * it cannot end. With `minNewTokens` = the token limit every sequence has exactly that many tokens.
  */
 import type { TensorData } from '../tensor/tensors.js'
 import type { GenerationSample } from './generate.js'
@@ -54,6 +58,8 @@ export interface SearchParams {
   /** Beam search: hypothesis score = logprob / length ** lengthPenalty. */
   readonly lengthPenalty: number
   readonly eos: number
+  /** A beam with fewer generated tokens cannot choose `eos` (its logit counts as -∞). Default 0. */
+  readonly minNewTokens?: number
 }
 
 export interface Selection {
@@ -65,11 +71,14 @@ export interface Selection {
   readonly finished: Sequence[]
 }
 
-export function argmax(values: Float32Array, start: number, size: number): number {
-  let best = 0
-  let bestValue = values[start]
-  for (let i = 1; i < size; i++) {
-    if (values[start + i] > bestValue) {
+/** The index of the largest of `values[start, start + size)`, the lowest among equals; `excluded` (an index) never wins. */
+/** The index of the largest of `values[start, start + size)`, the lowest among equals; `excluded` (an index) never wins. */
+export function argmax(values: Float32Array, start: number, size: number, excluded = -1): number {
+  let best = -1
+  let bestValue = -Infinity
+  for (let i = 0; i < size; i++) {
+    if (i === excluded) continue
+    if (best < 0 || values[start + i] > bestValue) {
       bestValue = values[start + i]
       best = i
     }
@@ -77,25 +86,26 @@ export function argmax(values: Float32Array, start: number, size: number): numbe
   return best
 }
 
-/** log Σ exp of `values[start, start + size)`, computed stably (in float64). */
-function logSumExp(values: Float32Array, start: number, size: number): number {
+/** log Σ exp of `values[start, start + size)` without `excluded` (an index), computed stably (in float64). */
+function logSumExp(values: Float32Array, start: number, size: number, excluded = -1): number {
   let max = -Infinity
-  for (let i = 0; i < size; i++) max = Math.max(max, values[start + i])
+  for (let i = 0; i < size; i++) if (i !== excluded) max = Math.max(max, values[start + i])
   let sum = 0
-  for (let i = 0; i < size; i++) sum += Math.exp(values[start + i] - max)
+  for (let i = 0; i < size; i++) if (i !== excluded) sum += Math.exp(values[start + i] - max)
   return max + Math.log(sum)
 }
 
-export function logSoftmax(values: Float32Array, start: number, size: number): Float64Array {
-  const lse = logSumExp(values, start, size)
+/** Log-softmax of `values[start, start + size)` in float64; `excluded` (an index) gets -∞ and no probability. */
+export function logSoftmax(values: Float32Array, start: number, size: number, excluded = -1): Float64Array {
+  const lse = logSumExp(values, start, size, excluded)
   const out = new Float64Array(size)
-  for (let i = 0; i < size; i++) out[i] = values[start + i] - lse
+  for (let i = 0; i < size; i++) out[i] = i === excluded ? -Infinity : values[start + i] - lse
   return out
 }
 
-/** The log-probability of `token` under the logits `values[start, start + size)`: its log-softmax. */
-export function tokenLogprob(values: Float32Array, start: number, size: number, token: number): number {
-  return values[start + token] - logSumExp(values, start, size)
+/** The log-probability of `token` under the logits `values[start, start + size)`: its log-softmax (without `excluded`). */
+export function tokenLogprob(values: Float32Array, start: number, size: number, token: number, excluded = -1): number {
+  return values[start + token] - logSumExp(values, start, size, excluded)
 }
 
 /** The best hypothesis of a finished sequence (the first of equal scores). */
@@ -114,16 +124,19 @@ export function selectNext(rows: readonly Beam[], logits: TensorData, params: Se
   const values = logits.data as Float32Array
   const selection: Selection = { next: [], parents: [], finished: [] }
   const lastPosition = (row: number) => (row * t + t - 1) * vocab
+  // the end token is out of reach of a row that has generated fewer than minNewTokens tokens
+  const minNewTokens = params.minNewTokens ?? 0
+  const excluded = (row: number) => (rows[row].tokens.length < minNewTokens ? params.eos : -1)
   let r = 0
   while (r < rows.length) {
     const sequence = rows[r].sequence
     let end = r
     while (end < rows.length && rows[end].sequence === sequence) end++
     if (params.beams === 1) {
-      const token = argmax(values, lastPosition(r), vocab)
-      selectGreedy(rows[r], r, token, tokenLogprob(values, lastPosition(r), vocab, token), params, selection)
+      const token = argmax(values, lastPosition(r), vocab, excluded(r))
+      selectGreedy(rows[r], r, token, tokenLogprob(values, lastPosition(r), vocab, token, excluded(r)), params, selection)
     }
-    else selectBeams(rows, r, end, (i) => logSoftmax(values, lastPosition(i), vocab), params, selection)
+    else selectBeams(rows, r, end, (i) => logSoftmax(values, lastPosition(i), vocab, excluded(i)), params, selection)
     r = end
   }
   return selection

@@ -140,6 +140,8 @@ export class HfTokenizer implements TextTokenizer {
   }
 
   decode(ids: readonly number[]): string {
+    // the library refuses an empty list (a text that ended at once)
+    if (ids.length === 0) return ''
     return this.tokenizer.decode([...ids], { skip_special_tokens: true })
   }
 

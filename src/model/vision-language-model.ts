@@ -5,15 +5,15 @@
  * is unsubscribed. The manifest is read (validated) on first access; the package (every file's sha256,
  * the tokenizer) is loaded once, on first use.
  */
-import { existsSync } from 'node:fs'
+import { existsSync, statSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 import { ModelUsageError } from '../errors.js'
-import { readManifest, type ManifestFile, type ModelManifest } from './manifest.js'
+import { REQUIRED_GRAPHS, readManifest, type ManifestFile, type ModelManifest } from './manifest.js'
 import { openModelPackage, type ModelPackage } from './package.js'
-import { InferencePool, type ExecutionProvider, type InferencePoolOptions } from './inference-pool.js'
+import { InferencePool, threadPlan, type ExecutionProvider, type InferencePoolOptions, type ThreadPlan } from './inference-pool.js'
 
 /**
  * A file shipped with evflow (`relative` to its package root: a clone, or `node_modules/evflow`), found by
@@ -55,6 +55,20 @@ export function modelFingerprint(dir: string): string {
 export interface VisionLanguageModelOptions extends InferencePoolOptions {
   /** Check every file's sha256 when loading. Default true. */
   verifyHashes?: boolean
+}
+
+/**
+ * Bytes of the graphs a vision-language model runs (the manifest's `bytes` of each, else the file's size):
+ * the weights each inference thread loads.
+ */
+export function weightsBytes(file: ManifestFile): number {
+  return REQUIRED_GRAPHS.reduce((sum, name) => {
+    const graph = file.manifest.graphs[name]
+    if (!graph) return sum
+    if (graph.bytes !== undefined) return sum + graph.bytes
+    const path = join(file.dir, graph.file)
+    return sum + (existsSync(path) ? statSync(path).size : 0)
+  }, 0)
 }
 
 export class VisionLanguageModel {
@@ -120,14 +134,23 @@ export class VisionLanguageModel {
   pool(): InferencePool {
     if (!this.inferencePool) {
       if (this.users === 0) throw new ModelUsageError('VisionLanguageModel.pool() used without acquire()')
-      this.inferencePool = new InferencePool(this.options)
+      this.inferencePool = new InferencePool({ ...this.options, ...this.threads })
     }
     return this.inferencePool
   }
 
-  /** Inference threads the pool runs (default: the number of cores). */
+  /**
+   * Inference and intra-op threads the pool runs: as set, else chosen from the model's size (`threadPlan`:
+   * a small model one inference thread per core; a large one a single inference thread, one copy of its
+   * weights, with every core as intra-op threads).
+   */
+  get threads(): ThreadPlan {
+    return threadPlan(weightsBytes(this.manifestFile), availableParallelism(), this.options)
+  }
+
+  /** Inference threads the pool runs (see `threads`). */
   get inferenceThreads(): number {
-    return this.options.inferenceThreads ?? availableParallelism()
+    return this.threads.inferenceThreads
   }
 
   /** Whether an inference pool is alive (for tests: sessions are released when it is not). */

@@ -46,4 +46,46 @@ describe('InFlight', () => {
     expect(() => new InFlight({ maxRecords: 0 })).toThrow(PipelineConfigError)
     expect(() => new InFlight({ maxBytes: -1 })).toThrow(/maxBytes/)
   })
+
+  it('re-charges a row with what it holds now (resize): a larger share stops the reader, a smaller one lets it go on', async () => {
+    const limit = new InFlight({ maxRecords: 100, maxBytes: 1000 })
+    await limit.acquire(key(0), 100)
+    limit.resize(key(0), 950) // e.g. its share of a batch's cross-attention memory
+    let next = false
+    void limit.acquire(key(1), 100).then(() => (next = true))
+    await Promise.resolve()
+    expect([next, limit.inFlightBytes, limit.peakBytes]).toEqual([false, 950, 950])
+    limit.resize(key(0), 256) // only its text is left
+    await Promise.resolve()
+    expect([next, limit.inFlightBytes]).toEqual([true, 356])
+    limit.resize(key(7), 10_000) // never acquired: ignored
+    expect(limit.inFlightBytes).toBe(356)
+  })
+
+  it('reservations: a batch waits until its bytes fit, except the first of its owner; waiting reservations go before waiting rows', async () => {
+    const limit = new InFlight({ maxRecords: 100, maxBytes: 1000 })
+    await limit.acquire(key(0), 100)
+    const first = await limit.reserve('stage', 800) // fits: 900
+    const big = await limit.reserve('other', 5000) // does not fit, but 'other' holds none: granted (progress)
+    expect(limit.inFlightBytes).toBe(5900)
+    const order: string[] = []
+    const second = limit.reserve('stage', 300).then((r) => {
+      order.push('stage')
+      return r
+    })
+    void limit.acquire(key(1), 50).then(() => order.push('row'))
+    await Promise.resolve()
+    expect(order).toEqual([])
+    big.release()
+    await Promise.resolve()
+    expect(order).toEqual([]) // 100 + 800 + 300 > 1000
+    first.release()
+    await second
+    await Promise.resolve()
+    expect(order).toEqual(['stage', 'row']) // 100 + 300, then the row: 450
+    expect([limit.inFlightBytes, limit.peakBytes, limit.peakReserved]).toEqual([450, 5900, 5800])
+    ;(await second).release()
+    ;(await second).release() // idempotent
+    expect(limit.inFlightBytes).toBe(150)
+  })
 })

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 
 import { InferenceError, PipelineConfigError } from '../../src/errors.js'
-import { InferencePool } from '../../src/model/inference-pool.js'
+import { InferencePool, LARGE_MODEL_BYTES, threadPlan } from '../../src/model/inference-pool.js'
 import { float32, int64 } from '../../src/tensor/tensors.js'
 import { ROOT } from '../helpers/cli.js'
 
@@ -94,5 +94,23 @@ describe('InferencePool', () => {
     await p.destroy()
     for (const result of await Promise.all(running)) expect(result.outputs.y.dims).toEqual([2, 2])
     await expect(p.run(graph, feeds())).rejects.toThrow(/closed/)
+  })
+})
+
+describe('threadPlan: inference and intra-op threads from the model\'s size', () => {
+  it('a small model: one inference thread per core, 1 intra-op thread each, the memory arena on', () => {
+    expect(threadPlan(17e6, 2)).toEqual({ inferenceThreads: 2, intraOpThreads: 1, memoryArena: true })
+    expect(threadPlan(17e6, 8, { intraOpThreads: 2 })).toEqual({ inferenceThreads: 8, intraOpThreads: 2, memoryArena: true })
+  })
+
+  it('a large model: one inference thread (one copy of the weights) with every core as intra-op threads, no arena', () => {
+    expect(threadPlan(LARGE_MODEL_BYTES + 1, 2)).toEqual({ inferenceThreads: 1, intraOpThreads: 2, memoryArena: false })
+    expect(threadPlan(1.22e9, 16)).toEqual({ inferenceThreads: 1, intraOpThreads: 16, memoryArena: false })
+  })
+
+  it('keeps what is set; the other shares the cores', () => {
+    expect(threadPlan(1.22e9, 8, { inferenceThreads: 2 })).toEqual({ inferenceThreads: 2, intraOpThreads: 4, memoryArena: false })
+    expect(threadPlan(1.22e9, 8, { intraOpThreads: 4 })).toEqual({ inferenceThreads: 2, intraOpThreads: 4, memoryArena: false })
+    expect(threadPlan(1.22e9, 2, { inferenceThreads: 2, intraOpThreads: 1, memoryArena: true })).toEqual({ inferenceThreads: 2, intraOpThreads: 1, memoryArena: true })
   })
 })

@@ -12,6 +12,8 @@ import { float32 } from '../../src/tensor/tensors.js'
 const EOS = 2
 const sequence = (index: number, limit = 10): Sequence => ({ index, sample: { memoryRow: index, prompt: [1] }, limit, hypotheses: [] })
 const beam = (s: Sequence, tokens: number[] = [], score = 0, logprobs: number[] = tokens.map(() => 0)): Beam => ({ sequence: s, tokens, logprobs, score, position: tokens.length })
+/** The log-softmax of `row` at `token`. */
+const lp = (row: number[], token: number) => row[token] - Math.log(row.reduce((n, v) => n + Math.exp(v), 0))
 /** Logits `[rows, 1, V]` from one row of values each. */
 const logits = (...rows: number[][]) => float32([rows.length, 1, rows[0].length], rows.flat())
 
@@ -28,7 +30,6 @@ describe('selectNext (greedy)', () => {
     const [a, b] = [sequence(0), sequence(1, 2)]
     const { next, finished } = selectNext([beam(a, [4]), beam(b, [4])], logits([0, 0, 9, 0, 0], [0, 0, 0, 9, 0]), { beams: 1, lengthPenalty: 1, eos: EOS })
     expect(next).toEqual([])
-    const lp = (row: number[], token: number) => row[token] - Math.log(row.reduce((n, v) => n + Math.exp(v), 0))
     expect(finished.map((s) => bestHypothesis(s))).toEqual([
       { tokens: [4], logprobs: [0, expect.closeTo(lp([0, 0, 9, 0, 0], 2), 12)], score: 0, finish: 'eos' },
       { tokens: [4, 3], logprobs: [0, expect.closeTo(lp([0, 0, 0, 9, 0], 3), 12)], score: 0, finish: 'length' },
@@ -51,6 +52,39 @@ describe('selectNext (greedy)', () => {
   it('textConfidence: mean and minimum of the token log-probabilities', () => {
     expect(textConfidence([-0.5, -1.5, -0.1])).toEqual({ mean: expect.closeTo(-0.7, 12), min: -1.5 })
     expect(textConfidence([])).toBeNull()
+  })
+})
+
+describe('selectNext with minNewTokens (fixed-length generation)', () => {
+  it('greedy: the end token is out of reach until a sequence has minNewTokens tokens; the next best token is taken', () => {
+    const [a, b] = [sequence(0), sequence(1)]
+    // both rows prefer <eos> (9), then token 3 (5); row a has 1 token, row b has 2
+    const rows = [beam(a, [4]), beam(b, [4, 4])]
+    const out = selectNext(rows, logits([0, 0, 9, 5, 0], [0, 0, 9, 5, 0]), { beams: 1, lengthPenalty: 1, eos: EOS, minNewTokens: 2 })
+    expect(out.next.map((n) => n.tokens)).toEqual([[4, 3]])
+    // row b's end token: its log-softmax over every token (b has its 2 tokens, nothing is excluded)
+    expect(out.finished.map((s) => bestHypothesis(s))).toEqual([{ tokens: [4, 4], logprobs: [0, 0, expect.closeTo(lp([0, 0, 9, 5, 0], 2), 12)], score: 0, finish: 'eos' }])
+    // row a's token 3: renormalised without the end token
+    expect(out.next[0].logprobs).toEqual([0, expect.closeTo(lp([0, 0, 5, 0], 2), 12)])
+    expect(argmax(Float32Array.from([0, 0, 9, 5]), 0, 4, EOS)).toBe(3)
+  })
+
+  it('minNewTokens = the limit: every sequence has exactly that many tokens, even one whose every step prefers <eos>', () => {
+    const s = sequence(0, 3)
+    let rows = [beam(s)]
+    for (let step = 0; step < 3 && rows.length > 0; step++) rows = selectNext(rows, logits([0, 0, 9, 0, 1]), { beams: 1, lengthPenalty: 1, eos: EOS, minNewTokens: 3 }).next
+    expect(bestHypothesis(s)).toMatchObject({ tokens: [4, 4, 4], score: 0, finish: 'length' })
+    // each token's probability without the end token: 4 of (0, 0, 0, 1) over the four others
+    expect(bestHypothesis(s).logprobs).toEqual([0, 0, 0].map(() => expect.closeTo(lp([0, 0, 0, 1], 3), 12)))
+  })
+
+  it('beam search: <eos> gets no probability before minNewTokens (the others are renormalised without it)', () => {
+    const s = sequence(0)
+    const ln = Math.log
+    const out = selectNext([beam(s, [3])], logits([-30, -30, ln(0.5), ln(0.3), ln(0.2)]), { beams: 2, lengthPenalty: 1, eos: EOS, minNewTokens: 2 })
+    expect(s.hypotheses).toEqual([])
+    expect(out.next.map((b) => b.tokens)).toEqual([[3, 3], [3, 4]])
+    expect(out.next[0].score).toBeCloseTo(ln(0.3 / 0.5), 5)
   })
 })
 

@@ -25,6 +25,13 @@ describe('batchRecords', () => {
     expect(out).toEqual([[1, 2, 3], [4, 5, 6], [7]])
   })
 
+  it('batches by weight (maxWeight, weigh): a record that would exceed it starts the next batch; a heavy one still goes alone', async () => {
+    const out = await collect(of(1, 2, 3, 10, 1, 1, 4).pipe(batchRecords({ maxSize: 5, maxWeight: 6, weigh: (n) => n })))
+    expect(out).toEqual([[1, 2, 3], [10], [1, 1, 4]])
+    expect(await collect(of(1, 1, 1, 1).pipe(batchRecords({ maxSize: 3, maxWeight: 100, weigh: () => 1 })))).toEqual([[1, 1, 1], [1]])
+    expect(() => batchRecords({ maxWeight: 0 })).toThrow(PipelineConfigError)
+  })
+
   it('emits a full batch at once and a partial batch maxWaitMs after its first record (marbles)', () => {
     scheduler().run(({ cold, expectObservable }) => {
       const source = cold('a b c 20ms d 3ms e 100ms |')

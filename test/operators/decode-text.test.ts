@@ -172,6 +172,17 @@ describe.skipIf(!HAVE_MODEL)('decodeText', () => {
     expect(await texts({ slots: 2, continuous: false })).toEqual(reference)
   })
 
+  it('gives log-probabilities that agree across slots to the documented bound (1e-5), not bit for bit (left padding reorders the float sums)', async () => {
+    const model = models.open()
+    const logprobs = async (options: { slots?: number; continuous?: boolean }) =>
+      ((await collect(from(memory).pipe(decodeText({ model, ...options })))) as GeneratedText[]).map((r) => r.generations[0].logprobs)
+    const reference = await logprobs({})
+    for (const other of [await logprobs({ slots: 1 }), await logprobs({ slots: 2 })]) {
+      expect(other.map((l) => l.length)).toEqual(reference.map((l) => l.length))
+      other.forEach((l, i) => l.forEach((v, j) => expect(Math.abs(v - reference[i][j])).toBeLessThan(1e-5)))
+    }
+  })
+
   it('beam search (3 beams) finds the reference captions too: the greedy ones are the most probable here', async () => {
     const model = models.open()
     const out = (await collect(of(memory[0]).pipe(decodeText({ model, generation: { beams: 3, maxNewTokens: greedy!.max_new_tokens } })))) as GeneratedText[]

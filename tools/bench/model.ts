@@ -12,11 +12,12 @@ import sharp from 'sharp'
 
 import { decodeImages } from '../../operators/decode-images.js'
 import { readShards } from '../../operators/read-shards.js'
-import { stackPixelValues } from '../../src/model/batch.js'
-import type { BatchingOptions, DecoderSpec, GenerationParams } from '../../src/model/generate.js'
+import { decoderSpecOf, type BatchingOptions, type GenerationParams } from '../../src/model/generate.js'
+import type { ThreadStep } from '../../src/model/steps.js'
+import { packPixels, type PixelNorm } from '../../src/tensor/pixels.js'
 import { loadModelPackage, type ModelPackage } from '../../src/model/package.js'
 import { InferencePool } from '../../src/model/inference-pool.js'
-import { float32, int64, type TensorData } from '../../src/tensor/tensors.js'
+import type { TensorData } from '../../src/tensor/tensors.js'
 import type { DecodedImage } from '../../src/records.js'
 import { renderImage } from '../../scenes/render.js'
 import { sceneOf } from '../../scenes/generate.js'
@@ -91,63 +92,82 @@ export interface LimitRun {
   readonly imagesPerS: number
   readonly tokens: number
   readonly tokensPerS: number
-  /** Worker-side milliseconds per stage. */
+  /** Thread-side milliseconds per stage. */
   readonly computeMs: Record<'vit' | 'resampler' | 'experts' | 'xattn_kv' | 'decoder', number>
+  /** Bytes moved between the main thread and the inference threads (both ways), per image. */
+  readonly bytesMovedPerImage: number
+  /** Most bytes of tensors one task held in its thread. */
+  readonly taskPeakBytes: number
+  /** Seconds of the warm-up (opening every session in every thread, and one small batch): not in `seconds`. */
+  readonly warmupS: number
 }
 
 export interface LimitOptions {
   readonly batch: number
   readonly workers: number
   readonly threads?: number
+  /** ONNX Runtime's CPU memory arena. Default true. */
+  readonly memoryArena?: boolean
   readonly maxNewTokens?: number
+  readonly minNewTokens?: number
   readonly slots?: number
   readonly continuous?: boolean
 }
 
+/** The thread steps of the whole caption path for a batch of `images` rows of one frame each. */
+export function captionSteps(pkg: ModelPackage, images: number, norms: readonly PixelNorm[], params: GenerationParams, batching: BatchingOptions): ThreadStep[] {
+  const m = pkg.manifest
+  const samples = Array.from({ length: images }, (_, i) => ({ memoryRow: i, prompt: [m.special_tokens.bos] }))
+  return [
+    { kind: 'vit', stage: 'vit', graph: pkg.graphPath('vit'), norms },
+    { kind: 'resample', stage: 'resampler', graph: pkg.graphPath('resampler') },
+    { kind: 'route', stage: 'experts', router: pkg.graphPath('router'), experts: pkg.graphPath('experts'), topK: m.dims.top_k },
+    { kind: 'cross-attend', stage: 'xattn_kv', graph: pkg.graphPath('xattn_kv'), frames: new Array<number>(images).fill(1) },
+    { kind: 'generate', stage: 'decoder', graph: pkg.graphPath('decoder'), samples, params, batching, decoder: decoderSpecOf(m) },
+  ]
+}
+
 /**
  * The limit: every graph of the caption path (vit → resampler → router + experts → xattn_kv → decoder
- * generation loop), batch after batch in a pool of `workers` inference workers, `workers + 1` batches in
- * flight (as the operators run them), on pixel tensors stacked before the clock starts.
+ * generation loop) as one inference-thread task per batch (what `evflow caption` sends), batch after batch in
+ * a pool of `workers` inference threads, `workers + 1` batches in flight, on pixels decoded and packed before
+ * the clock starts: the graphs alone, without reading, decoding, batching or writing.
  */
 export async function runLimit(pkg: ModelPackage, images: readonly DecodedImage[], options: LimitOptions): Promise<LimitRun> {
   const m = pkg.manifest
-  const d = m.dims
-  const pool = new InferencePool({ inferenceThreads: options.workers, intraOpThreads: options.threads ?? 1 })
+  const pool = new InferencePool({ inferenceThreads: options.workers, intraOpThreads: options.threads ?? 1, memoryArena: options.memoryArena ?? true })
   try {
-    const batches: TensorData[] = []
-    for (let i = 0; i < images.length; i += options.batch) batches.push(stackPixelValues(images.slice(i, i + options.batch)).pixel_values)
+    const batches: { pixels: TensorData; norms: PixelNorm[] }[] = []
+    for (let i = 0; i < images.length; i += options.batch) batches.push(packPixels(images.slice(i, i + options.batch)))
     const computeMs = { vit: 0, resampler: 0, experts: 0, xattn_kv: 0, decoder: 0 }
     let tokens = 0
-    const params: GenerationParams = { maxNewTokens: options.maxNewTokens ?? m.generation.max_new_tokens, beams: 1, lengthPenalty: 1 }
+    let taskPeakBytes = 0
+    const params: GenerationParams = {
+      maxNewTokens: options.maxNewTokens ?? m.generation.max_new_tokens,
+      minNewTokens: options.minNewTokens ?? m.generation.min_new_tokens ?? 0,
+      beams: 1,
+      lengthPenalty: 1,
+    }
     const batching: BatchingOptions = { slots: options.slots ?? 32, continuous: options.continuous ?? true }
-    const decoder: DecoderSpec = { maxPositions: d.max_text_len, eos: m.special_tokens.eos, pad: m.special_tokens.pad, nLayer: d.n_layer, heads: d.n_head, headDim: d.head_dim }
-    async function chain(pixel_values: TensorData, count = false): Promise<void> {
-      const b = pixel_values.dims[0]
-      const vit = await pool.run(pkg.graphPath('vit'), { pixel_values })
-      const res = await pool.run(pkg.graphPath('resampler'), { taps: vit.outputs.taps })
-      const vt = res.outputs.visual_tokens
-      const routed = await pool.route(pkg.graphPath('router'), pkg.graphPath('experts'), float32([vt.data.length / d.d_visual, d.d_visual], vt.data as Float32Array), d.top_k)
-      const memory = await pool.run(pkg.graphPath('xattn_kv'), {
-        visual_tokens: float32([b, 1, ...vt.dims.slice(1)], routed.refined.data as Float32Array),
-        frame_mask: int64([b, 1], new Array<number>(b).fill(1)),
-      })
-      const samples = Array.from({ length: b }, (_, i) => ({ memoryRow: i, prompt: [m.special_tokens.bos] }))
-      const generated = await pool.generate(pkg.graphPath('decoder'), memory.outputs as never, samples, params, batching, decoder)
-      if (count) {
-        computeMs.vit += vit.ms
-        computeMs.resampler += res.ms
-        computeMs.experts += routed.ms
-        computeMs.xattn_kv += memory.ms
-        computeMs.decoder += generated.ms
-        tokens += generated.stats.tokens
-      }
+    async function chain(batch: { pixels: TensorData; norms: PixelNorm[] }, count = false): Promise<void> {
+      // a copy crosses (the batch is reused by the next repetition)
+      const pixels = { ...batch.pixels, data: batch.pixels.data.slice() }
+      const result = await pool.steps(captionSteps(pkg, batch.pixels.dims[0], batch.norms, params, batching), { pixels }, [])
+      if (!count) return
+      for (const outcome of result.outcomes) computeMs[outcome.stage as keyof typeof computeMs] += outcome.ms
+      tokens += result.outcomes[result.outcomes.length - 1].stats?.tokens ?? 0
+      taskPeakBytes = Math.max(taskPeakBytes, result.peakBytes)
     }
     // warm-up: one session per graph per worker
-    await Promise.all(Array.from({ length: options.workers }, () => chain(stackPixelValues(images.slice(0, 2)).pixel_values)))
+    const warming = performance.now()
+    await Promise.all(Array.from({ length: options.workers }, () => chain(packPixels(images.slice(0, 2)))))
+    const warmupS = (performance.now() - warming) / 1000
+    const moved = { ...pool.moved }
     const started = performance.now()
-    await promisePool(batches, options.workers + 1, (pixel_values) => chain(pixel_values, true))
+    await promisePool(batches, options.workers + 1, (batch) => chain(batch, true))
     const seconds = (performance.now() - started) / 1000
-    return { images: images.length, seconds, imagesPerS: images.length / seconds, tokens, tokensPerS: tokens / seconds, computeMs }
+    const bytesMoved = pool.moved.toThreads - moved.toThreads + pool.moved.fromThreads - moved.fromThreads
+    return { images: images.length, seconds, imagesPerS: images.length / seconds, tokens, tokensPerS: tokens / seconds, computeMs, bytesMovedPerImage: bytesMoved / images.length, taskPeakBytes, warmupS }
   } finally {
     await pool.destroy()
   }

@@ -111,6 +111,7 @@ export function markdownBlock(report: CaseReport, host: Machine): string {
 const SECTION_TITLES: Record<string, string> = {
   foundation: 'Foundation: read, decode, scan, memory',
   model: 'Model: captions against the limit and the peers, scaling, the papers\' claim, memory',
+  base: 'Base size: evlm-base on real photos (CPU)',
 }
 
 const DOC_INTRO = `# Benchmarks

@@ -61,6 +61,19 @@ describe('every command\'s help', () => {
     expect(section).toBe(table)
   })
 
+  it('the docs name every long flag of every command\'s help (docs/cli.md; the queue commands: docs/distributed.md too)', () => {
+    const cli = readFileSync(join(ROOT, 'docs', 'cli.md'), 'utf8')
+    const distributed = readFileSync(join(ROOT, 'docs', 'distributed.md'), 'utf8')
+    const missing: string[] = []
+    for (const command of COMMANDS) {
+      const docs = QUEUE.has(command) ? cli + distributed : cli
+      for (const [, flag] of help(command).stdout.matchAll(/^ {2}(?:-\w, )?(--[a-z][a-z-]*)/gm)) {
+        if (flag !== '--help' && !new RegExp(`(?<![\\w-])${flag}(?![\\w-])`).test(docs)) missing.push(`${command} ${flag}`)
+      }
+    }
+    expect(missing).toEqual([])
+  })
+
   it('--json is a switch wherever it exists (JSON on stdout)', () => {
     for (const command of COMMANDS) {
       const line = help(command).stdout.split('\n').find((l) => l.trim().startsWith('--json'))
