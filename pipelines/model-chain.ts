@@ -240,8 +240,8 @@ export function rowBytes(model: VisionLanguageModel, frames: number, generation?
 /**
  * decode → batch, the batches cut by weight as well as by size (Beam's `max_batch_weight`): with the run's
  * byte budget, a batch holds at most budget / (inference threads + 2) bytes of the model's tensors, so that
- * the batches running and waiting and the rows being decoded fit in it (at base size, about 17 images per
- * batch with the default 512 MiB and one inference thread; on the tiny model `batchSize` decides).
+ * the batches running and waiting and the rows being decoded fit in it (at base size, about 9 images per
+ * batch with the default 256 MiB and one inference thread; on the tiny model `batchSize` decides).
  */
 function decodeStages(config: ModelConfig, model: VisionLanguageModel, context: StageContext, generation?: GenerationConfig & { questions: boolean }): OperatorFunction<ShardRecord, DecodedBatch> {
   const { preprocessing } = model.manifest

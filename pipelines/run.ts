@@ -48,7 +48,7 @@ export interface RunOptions extends ShardSelection, Omit<ShardColumns, 'requireI
   maxRecordsInFlight?: number
   /**
    * Most bytes in flight between reader and writer: the rows' data (encoded images, then their share of the
-   * model's tensors) and the tensors of the model batches running (see `InFlight`). Default 512 MiB.
+   * model's tensors) and the tensors of the model batches running (see `InFlight`). Default 256 MiB.
    */
   maxBytesInFlight?: number
   /** Take the output folder lock. Default true (distributed workers share a folder and pass false). */

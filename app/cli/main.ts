@@ -126,7 +126,7 @@ function addPipelineCommand(program: Command, definition: PipelineDefinition): v
     .option('--overwrite', 'redo shards that are already committed')
     .option('--json', 'JSON lines on stdout (start, progress, shard, summary) instead of the progress display')
     .option('--max-in-flight <n>', 'most rows between reader and writer (default 1024)', positiveInt)
-    .option('--max-bytes-in-flight <n>', "most bytes held by the rows in flight and the model's batches (default 512 MiB)", positiveInt)
+    .option('--max-bytes-in-flight <n>', "most bytes held by the rows in flight and the model's batches (default 256 MiB)", positiveInt)
     .option('--verbose', 'print stacks on errors')
     .option('--report', 'at the end, write an HTML report to <out>/_evflow/report.html (see evflow report)')
   addReadBudgetOptions(command)

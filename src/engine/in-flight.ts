@@ -23,10 +23,18 @@ export interface InFlightOptions {
   maxRecords?: number
   /**
    * Most bytes held by the records between source and sink and by the model batches running (one record is
-   * always admitted; see the class). Default 512 MiB.
+   * always admitted; see the class). Default `DEFAULT_MAX_BYTES_IN_FLIGHT` (256 MiB).
    */
   maxBytes?: number
 }
+
+/**
+ * The default byte budget: 256 MiB. At base size (evlm-base, 1.2 GB of weights) it cuts batches at about 9
+ * images (the budget / (threads + 2)); measured against 512 MiB (17 images): the same rate, 1.60 rows/s,
+ * and 212 MiB less peak RSS (2,200 against 2,412 MiB; docs/benchmarks.md, "base rss"). On small models the
+ * 1,024-row bound decides first.
+ */
+export const DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 
 /** Bytes a model stage holds for one running batch; `release` frees them (idempotent). */
 export interface Reservation {
@@ -54,7 +62,7 @@ export class InFlight {
 
   constructor(options: InFlightOptions = {}) {
     this.maxRecords = options.maxRecords ?? 1024
-    this.maxBytes = options.maxBytes ?? 512 * 1024 * 1024
+    this.maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES_IN_FLIGHT
     if (!Number.isInteger(this.maxRecords) || this.maxRecords < 1) {
       throw new PipelineConfigError('maxRecords', `must be a positive integer, got ${this.maxRecords}`)
     }
