@@ -83,29 +83,29 @@ async function readJson<T>(path: string, maxBytes: number): Promise<T | null> {
   }
 }
 
-/** The model of the run's config (`<pipeline>.model`) and what its manifest says about itself. */
+/**
+ * The model of the run's config (`<pipeline>.model`) and what its manifest says about itself, read as a run
+ * reads it (`readManifest`). A package that no longer passes its checks (changed or damaged since the run) is
+ * still described from its raw `manifest.json`, as far as that says anything: the report describes a run
+ * that happened, and must not fail on what became of the model afterwards.
+ */
 async function modelInfo(config: unknown, pipeline: string | null): Promise<ModelInfo | null> {
   const section = pipeline === null ? undefined : ((config as Record<string, unknown> | null)?.[pipeline] as { model?: unknown } | undefined)
   if (typeof section?.model !== 'string') return null
-  const manifest = await readJson<Record<string, unknown>>(join(section.model, 'manifest.json'), 4 * 1024 * 1024)
   const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : null)
-  return {
-    path: section.model,
-    name: str(manifest?.name),
-    description: str(manifest?.description),
-    domain: declaredDomain(section.model, manifest?.domain),
-  }
-}
-
-/** The model's declared domain in words: the manifest's `domain`, or its `domain.json` (read as a run reads it). */
-function declaredDomain(dir: string, raw: unknown): string | null {
   try {
-    const { domain } = readManifest(dir)
-    if (domain) return domainText(domain)
+    const { manifest, domain } = readManifest(section.model)
+    return { path: section.model, name: manifest.name, description: str(manifest.description), domain: domain ? domainText(domain) : null }
   } catch {
-    // a package the run could read may have changed since; fall back to what the raw manifest says
+    const raw = await readJson<Record<string, unknown>>(join(section.model, 'manifest.json'), 4 * 1024 * 1024)
+    const domain = raw?.domain
+    return {
+      path: section.model,
+      name: str(raw?.name),
+      description: str(raw?.description),
+      domain: typeof domain === 'string' ? domain : domain && typeof domain === 'object' ? JSON.stringify(domain) : null,
+    }
   }
-  return typeof raw === 'string' ? raw : raw && typeof raw === 'object' ? JSON.stringify(raw) : null
 }
 
 /** Writes `text` to `path` through a temporary file in the same folder and a rename. */
