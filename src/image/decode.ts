@@ -14,7 +14,7 @@ import type { ImageInfo } from '../records.js'
 import type { PixelBudget } from './budget.js'
 import { ChildDecoder } from './child-decoder.js'
 import { decodeFastRgb, fastChannels, fastEligible } from './fast-decode.js'
-import { isTruncated, pngIdat, pngRawBytes, readImageHeader, sniffFormat, type ImageHeader, type JpegHeader, type PngHeader } from './headers.js'
+import { isTruncated, pngIdat, pngOverrun, pngRawBytes, readImageHeader, sniffFormat, type ImageHeader, type JpegHeader, type PngHeader } from './headers.js'
 import { rgbPixels, type PipelineOptions, type ResizeMode } from './pipeline.js'
 
 export type { ResizeMode } from './pipeline.js'
@@ -200,7 +200,7 @@ export async function decodeImage(bytes: Uint8Array | null, options: ImageDecode
       throw new ImageDecodeError('timeout', `decoding did not finish within ${options.timeoutMs} ms`, { cause })
     }
     if (header?.format === 'png') {
-      const short = await pngShortfall(bytes, header as PngHeader)
+      const short = pngOverrun(bytes) ?? (await pngShortfall(bytes, header as PngHeader))
       if (short) throw new ImageDecodeError('truncated', short, { cause })
     }
     throw classify(cause, bytes, meta.format)

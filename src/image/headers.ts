@@ -304,6 +304,22 @@ export function pngRawBytes(width: number, height: number, depth: number, colorT
 }
 
 /** The concatenated IDAT data of a PNG (the zlib stream), as far as it is present. */
+/**
+ * For a PNG whose chunks run past the end of the file (a chunk's length claims bytes the file does not
+ * have: the file was cut, whatever was put back after the cut), a sentence saying so; undefined otherwise.
+ */
+export function pngOverrun(b: Uint8Array): string | undefined {
+  let pos = 8
+  while (pos + 8 <= b.length) {
+    const length = u32(b, pos)
+    const type = String.fromCharCode(b[pos + 4], b[pos + 5], b[pos + 6], b[pos + 7])
+    if (pos + 12 + length > b.length) return `png chunk ${type} at byte ${pos} claims ${length} bytes; the file ends ${b.length - pos - 8} bytes into it`
+    if (type === 'IEND') return undefined
+    pos += 12 + length
+  }
+  return undefined
+}
+
 export function pngIdat(b: Uint8Array): Uint8Array {
   const parts: Uint8Array[] = []
   let pos = 8

@@ -2,7 +2,9 @@ import sharp from 'sharp'
 import { describe, expect, it } from 'vitest'
 
 import { PixelBudget } from '../../src/image/budget.js'
-import { MAX_JPEG_SCANS, jpegHeader, pngHeader, readImageHeader, webpHeader } from '../../src/image/headers.js'
+import { DEFAULT_IMAGE_DECODE, decodeImage } from '../../src/image/decode.js'
+import { MAX_JPEG_SCANS, jpegHeader, pngHeader, pngOverrun, readImageHeader, webpHeader } from '../../src/image/headers.js'
+import type { ImageDecodeError } from '../../src/errors.js'
 import { cut, flat, lyingJpeg, lyingPng, manyScansJpeg, noisy } from '../helpers/hostile-images.js'
 import * as img from '../helpers/images.js'
 
@@ -101,5 +103,24 @@ describe('PixelBudget', () => {
 
   it('rejects a budget below 1', () => {
     expect(() => new PixelBudget(0)).toThrow(/maxPixelsInFlight/)
+  })
+})
+
+describe('pngOverrun: a cut PNG whose end marker was put back', () => {
+  const IEND = [0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]
+
+  it('names the chunk that runs past the end of the file, and says nothing of a whole PNG', async () => {
+    const png = await noisy('png', 64)
+    expect(pngOverrun(png)).toBeUndefined()
+    expect(pngOverrun(cut(png, 0.5, IEND))).toMatch(/^png chunk IDAT at byte \d+ claims \d+ bytes; the file ends \d+ bytes into it$/)
+  })
+
+  it('makes every such file truncated, whatever its random pixels (the 12 bytes put back used to be inflated as data: corrupt or truncated by chance)', async () => {
+    const outcomes: string[] = []
+    for (let i = 0; i < 24; i++) {
+      const bytes = cut(await noisy('png', 256), 0.5, IEND)
+      outcomes.push(await decodeImage(bytes, DEFAULT_IMAGE_DECODE).then(() => 'ok', (e: ImageDecodeError) => e.reason))
+    }
+    expect(outcomes).toEqual(new Array(24).fill('truncated'))
   })
 })
