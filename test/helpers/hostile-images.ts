@@ -42,10 +42,27 @@ export async function flat(format: 'jpeg' | 'png', width: number, height: number
   return format === 'jpeg' ? image.jpeg({ progressive }).toBuffer() : image.png({ compressionLevel: 9 }).toBuffer()
 }
 
-/** A noisy (photo-like entropy) image: what a cut leaves is still plenty of data for its size. */
-export async function noisy(format: 'jpeg' | 'png' | 'webp', side: number): Promise<Buffer> {
-  const image = sharp({ create: { width: side, height: side, channels: 3, background: { r: 0, g: 0, b: 0 }, noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
-  return image[format]().toBuffer()
+/**
+ * A noisy (photo-like entropy) image: what a cut leaves is still plenty of data for its size. Gaussian
+ * noise around 128 (sigma 40) from a seeded generator, so that the same seed gives the same bytes (libvips'
+ * own `noise` is not seeded: a test's outcome must not depend on the run).
+ */
+export async function noisy(format: 'jpeg' | 'png' | 'webp', side: number, seed = 1): Promise<Buffer> {
+  let state = seed >>> 0
+  const uniform = () => {
+    // mulberry32
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296
+  }
+  const pixels = Buffer.alloc(side * side * 3)
+  for (let i = 0; i < pixels.length; i++) {
+    const gaussian = Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform())
+    pixels[i] = Math.max(0, Math.min(255, Math.round(128 + 40 * gaussian)))
+  }
+  return sharp(pixels, { raw: { width: side, height: side, channels: 3 } })[format]().toBuffer()
 }
 
 /** The first `fraction` of `bytes`, then `tail` (e.g. the end marker put back). */

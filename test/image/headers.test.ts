@@ -115,10 +115,10 @@ describe('pngOverrun: a cut PNG whose end marker was put back', () => {
     expect(pngOverrun(cut(png, 0.5, IEND))).toMatch(/^png chunk IDAT at byte \d+ claims \d+ bytes; the file ends \d+ bytes into it$/)
   })
 
-  it('makes every such file truncated, whatever its random pixels (the 12 bytes put back used to be inflated as data: corrupt or truncated by chance)', async () => {
+  it('makes every such file truncated, whatever its pixels (the 12 bytes put back used to be inflated as data: corrupt or truncated by chance)', async () => {
     const outcomes: string[] = []
-    for (let i = 0; i < 24; i++) {
-      const bytes = cut(await noisy('png', 256), 0.5, IEND)
+    for (let seed = 1; seed <= 24; seed++) {
+      const bytes = cut(await noisy('png', 256, seed), 0.5, IEND)
       outcomes.push(await decodeImage(bytes, DEFAULT_IMAGE_DECODE).then(() => 'ok', (e: ImageDecodeError) => e.reason))
     }
     expect(outcomes).toEqual(new Array(24).fill('truncated'))
