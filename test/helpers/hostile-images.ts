@@ -4,6 +4,8 @@
  */
 import sharp from 'sharp'
 
+import { seededRandom } from '../../app/report/sample.js'
+
 /** Rewrites the dimensions in a JPEG's SOF segment. */
 export function patchJpegSize(jpeg: Uint8Array, width: number, height: number): Buffer {
   const b = Buffer.from(jpeg)
@@ -48,18 +50,11 @@ export async function flat(format: 'jpeg' | 'png', width: number, height: number
  * own `noise` is not seeded: a test's outcome must not depend on the run).
  */
 export async function noisy(format: 'jpeg' | 'png' | 'webp', side: number, seed = 1): Promise<Buffer> {
-  let state = seed >>> 0
-  const uniform = () => {
-    // mulberry32
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296
-  }
+  const random = seededRandom(seed)
   const pixels = Buffer.alloc(side * side * 3)
   for (let i = 0; i < pixels.length; i++) {
-    const gaussian = Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform())
+    // Box-Muller; 1 - random() is in (0, 1], so the log is finite
+    const gaussian = Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random())
     pixels[i] = Math.max(0, Math.min(255, Math.round(128 + 40 * gaussian)))
   }
   return sharp(pixels, { raw: { width: side, height: side, channels: 3 } })[format]().toBuffer()

@@ -4,17 +4,10 @@
  */
 import sharp from 'sharp'
 
-/** A tiny seeded PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { seededRandom } from '../../app/report/sample.js'
+
+/** A tiny seeded PRNG (mulberry32): the report's sampler's. */
+export const rng = seededRandom
 
 /** RGB pixels of a seeded scene: a gradient background and a solid rectangle. */
 function pixels(width: number, height: number, seed: number, channels = 3): Buffer {

@@ -11,6 +11,7 @@ import { parquetWriteBuffer } from 'hyparquet-writer'
 import { ByteWriter } from 'hyparquet-writer/src/bytewriter.js'
 import { serializeTCompactProtocol } from 'hyparquet-writer/src/thrift.js'
 
+import { seededRandom } from '../../app/report/sample.js'
 import { ROOT } from '../helpers/cli.js'
 
 export const FIXTURE_SHARDS = join(ROOT, 'fixtures', 'shards')
@@ -151,17 +152,8 @@ function patchIdData(images: readonly Uint8Array[], patch: (data: Uint8Array) =>
   return file
 }
 
-/** A deterministic PRNG (mulberry32). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** A deterministic PRNG (mulberry32): the report's sampler's. */
+export const prng = seededRandom
 
 export interface Mutant {
   readonly name: string
